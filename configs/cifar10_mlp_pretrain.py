@@ -1,0 +1,19 @@
+"""The seed's recipe on CIFAR-10: MLP 3072-256-128-10 on flattened images, SGD 0.01, 10 epochs (tfds.data_source).
+
+Prepare the data once (needs TensorFlow): pip install 'ptft_jax[tf]' && python -m ptft_jax.prepare cifar10
+    python launch.py --config=configs/cifar10_mlp_pretrain.py --workdir=runs/cifar10_mlp_pt
+"""
+from ptft_jax.config import defaults
+
+
+def get_config():
+    c = defaults()
+    c.model = dict(name="mlp", hidden=(256, 128))
+    c.data.source = "tfds:cifar10"
+    c.data.batch_size = 64
+    c.data.eval_batch_size = 1000
+    c.optim.name = "sgd"
+    c.optim.lr = 0.01
+    c.train.epochs = 10
+    c.train.log_every = 100
+    return c

@@ -1,0 +1,56 @@
+"""Command line: python launch.py --config=configs/NAME.py[:preset] --workdir=DIR [--config.KEY=VALUE ...]
+
+Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (latest checkpoint on the test split).
+Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I (or PTFT_* environment variables).
+"""
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Recipe file, optionally with a preset: configs/NAME.py[:preset].")
+flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+_OVERRIDES = []
+
+
+def split_overrides(argv):
+    """Takes --config.KEY=VALUE out of argv (absl does not know them); returns the rest."""
+    rest = []
+    for arg in argv:
+        if arg.startswith("--config."):
+            _OVERRIDES.append(arg[len("--config."):])
+        else:
+            rest.append(arg)
+    return rest
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+        logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
+    import ptft_jax
+    from ptft_jax.parallel import initialize
+
+    try:
+        if not FLAGS.config or not FLAGS.workdir:
+            raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
+        initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        config = ptft_jax.load_config(FLAGS.config, _OVERRIDES)
+        if FLAGS.mode == "train":
+            ptft_jax.train(config, FLAGS.workdir)
+        else:
+            ptft_jax.evaluate(config, FLAGS.workdir)
+    except ptft_jax.UserError as e:
+        logging.debug("user error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, argv=split_overrides(sys.argv))

@@ -1,0 +1,223 @@
+"""Configs: the defaults every recipe starts from, loading a recipe file, overrides and validation.
+
+A recipe is a Python file whose `get_config(preset=None)` returns an `ml_collections.ConfigDict` built on
+`defaults()`. Overrides are `key.path=value` strings (as on the command line) or a dict; a key that does
+not exist is an error naming it and the nearest valid keys.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+from ptft_jax.errors import ConfigError
+
+# Keys whose value may be any mapping (checked elsewhere against the model's own fields).
+_OPEN_SECTIONS = ("model",)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every key a config may have, with its default value."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({"name": "mlp"})  # other keys: the model's fields (see models/)
+    c.data = ml_collections.ConfigDict(dict(
+        source="mnist5k",        # mnist5k | digits | tfds:NAME  (npz:PATH, folder:PATH, csv:PATH come with fine-tuning)
+        data_dir=None,           # TFDS data_dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets
+        batch_size=128,          # global batch, split over every device of every process
+        eval_batch_size=500,
+        test_fraction=0.2,       # embedded sets: stratified split, seeded by split_seed
+        split_seed=0,
+        train_split="train",     # TFDS split names
+        test_split="test",
+        classes=None,            # keep only these labels (renumbered 0..k-1 in this order)
+        label_map=None,          # list: new label for each (kept) label, e.g. [0,0,0,0,0,1,1,1,1,1]
+        train_per_class=None,    # keep only the first N training examples of each class (few-shot)
+        in_memory="auto",        # auto | true | false: hold the splits as arrays in host memory
+        device_resident="auto",  # auto | true | false: keep the training split on the devices (fast path)
+        device_budget_mb=2048,   # "auto" puts a split on the devices when it is smaller than this
+        mean=None,               # per-channel normalisation after scaling to [0, 1]; default: the dataset's
+        std=None,
+        num_threads=4,           # grain threads reading and batching on the host
+        prefetch=8,              # batches read ahead of the step
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        name="sgd",              # sgd | adam | adamw
+        lr=0.01,
+        momentum=0.0,            # sgd only
+        nesterov=False,
+        b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.0,        # decoupled for adamw, added to the gradient for sgd/adam
+        schedule="constant",     # constant | cosine (warmup then cosine decay to min_lr_ratio * lr)
+        warmup_steps=0,
+        min_lr_ratio=0.0,
+        clip_norm=None,          # clip the global gradient norm to this value
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=10,               # duration in epochs, unless `steps` is given
+        steps=None,
+        seed=0,                  # params init, data order and dropout
+        log_every=50,            # steps between console lines and train metrics
+        eval_every=None,         # steps between test evaluations; None: once per epoch
+        checkpoint_every=None,   # steps between checkpoints; None: once per epoch
+        keep=3,                  # checkpoints kept
+        steps_per_call=None,     # steps per jitted call; None: up to log_every
+    ))
+    c.init_from = None           # fine-tuning: a pretrained run's workdir or one of its checkpoint step dirs
+    c.init_step = None           # with a workdir in init_from: which step (default: latest)
+    c.graft = None               # fine-tuning: [(regex, "load"|"init"|"zero"), ...]; default: all but head load
+    c.finetune = ml_collections.ConfigDict(dict(
+        strategy="full",         # full | linear_probe
+        lr_mults=None,           # [(regex, multiplier), ...]
+        layer_decay=None,        # lr *= layer_decay ** (depth from the head) for numbered blocks
+    ))
+    return c
+
+
+def _flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (ml_collections.ConfigDict, dict)) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _unknown_key(path: str, valid: Iterable[str]) -> ConfigError:
+    valid = sorted(valid)
+    near = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    siblings = [v for v in valid if v.startswith(parent) and v.count(".") == path.count(".")] if parent else []
+    hint = f"did you mean {' or '.join(repr(n) for n in near)}?" if near else (
+        f"valid keys there: {', '.join(siblings)}." if siblings else "see ptft_jax/config.py for the valid keys.")
+    return ConfigError(f"Unknown config key '{path}': {hint}")
+
+
+def parse_value(text: str, current: Any, path: str) -> Any:
+    """Parses a command-line override string into the type of the current value."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"Config key '{path}' takes true or false, not {text!r}.")
+    if isinstance(current, str) and not text.strip().lower() in ("none", "null"):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None or isinstance(current, str):
+            return text  # a bare string such as a path
+        raise ConfigError(f"Config key '{path}' expects a {type(current).__name__}, not {text!r}.") from None
+    return value
+
+
+def _check_type(path: str, current: Any, value: Any) -> Any:
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool) or isinstance(value, bool):
+        if isinstance(current, bool) and isinstance(value, bool):
+            return value
+        raise ConfigError(f"Config key '{path}' takes true or false, not {value!r}.")
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(current, (int, float)) and isinstance(value, (int, float)):
+        if isinstance(current, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"Config key '{path}' expects a whole number, not {value!r}.")
+            return int(value)
+        return value
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(current)(value)
+    if isinstance(current, str) and isinstance(value, str):
+        return value
+    if type(current) is not type(value):
+        raise ConfigError(
+            f"Config key '{path}' expects a {type(current).__name__} (like {current!r}), not {value!r}.")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """Returns a copy of `config` with overrides applied: a dict {"a.b": value} or a list of "a.b=value"."""
+    config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    if not overrides:
+        return config
+    if isinstance(overrides, Mapping):
+        items = [(k, v, False) for k, v in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"Config override {item!r} has no '=': write it as key.path=value.")
+            k, v = item.split("=", 1)
+            items.append((k.strip(), v, True))
+    flat = _flatten(config)
+    for path, value, is_text in items:
+        parts = path.split(".")
+        node = config
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+                raise _unknown_key(path, flat)
+            node = node[part]
+        leaf = parts[-1]
+        open_section = parts[0] in _OPEN_SECTIONS and len(parts) == 2
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or (leaf not in node and not open_section):
+            raise _unknown_key(path, flat)
+        current = node.get(leaf)
+        if is_text:
+            value = parse_value(value, current, path)
+        node[leaf] = _check_type(path, current, value)
+    return config
+
+
+def validate(config) -> ml_collections.ConfigDict:
+    """Checks every key against `defaults()` and fills in missing ones; returns a new ConfigDict."""
+    if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"A config must be an ml_collections.ConfigDict or a dict, not {type(config).__name__}.")
+    base = defaults()
+    valid = _flatten(base)
+    given = {}
+    for path, value in _flatten(config).items():
+        if path.split(".")[0] in _OPEN_SECTIONS:
+            given[path] = value
+            continue
+        if path not in valid:
+            # A section given as a whole value (e.g. graft as a list) is fine when the default is a leaf.
+            raise _unknown_key(path, valid)
+        given[path] = value
+    return apply_overrides(base, given)
+
+
+def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
+    """Loads `path/to/recipe.py[:preset]`, applies overrides and validates."""
+    path, _, preset = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist: pass --config=configs/NAME.py (see configs/).")
+    name = "ptft_config_" + os.path.splitext(os.path.basename(path))[0]
+    try:
+        spec_ = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure in user code is reported as one sentence
+        raise ConfigError(f"Config file {path!r} failed to import ({type(e).__name__}: {e}); fix the file.") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"Config file {path!r} has no get_config() function; define one returning a ConfigDict.")
+    try:
+        config = module.get_config(preset) if preset else module.get_config()
+    except TypeError as e:
+        raise ConfigError(f"Config file {path!r}: get_config() does not take the preset {preset!r} ({e}).") from e
+    config = validate(config)
+    return apply_overrides(config, overrides)
+
+
+def to_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

@@ -1,0 +1,37 @@
+"""Data: sources (embedded, TFDS), the epoch order, host and device pipelines."""
+from __future__ import annotations
+
+from ptft_jax.data.pipeline import EpochOrder, eval_batches, host_batches, select
+from ptft_jax.data.sources import Dataset, Split, get_source
+
+__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select"]
+
+
+def load(cfg, log=print) -> Dataset:
+    """The dataset named by `cfg.source`, with class selection and in-memory loading applied."""
+    ds = get_source(cfg)
+    mode = str(cfg.in_memory).lower()
+    needs_arrays = cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None
+    for name in ("train", "test"):
+        split = getattr(ds, name)
+        if split.arrays is None:
+            nbytes = split.size * _example_bytes(split)
+            if mode == "true" or needs_arrays or (mode == "auto" and nbytes < 4 << 30):
+                split = split.load_all(log=lambda m: log(f"{ds.name}/{name}: {m}"))
+        per_class = cfg.train_per_class if name == "train" else None
+        split = select(split, cfg.classes, cfg.label_map, per_class) if split.arrays is not None else split
+        setattr(ds, name, split)
+    if cfg.classes is not None:
+        ds.num_classes = len(cfg.classes)
+    if cfg.label_map is not None:
+        ds.num_classes = int(max(cfg.label_map)) + 1
+    if cfg.mean is not None:
+        ds.mean = tuple(cfg.mean)
+    if cfg.std is not None:
+        ds.std = tuple(cfg.std)
+    return ds
+
+
+def _example_bytes(split: Split) -> int:
+    import numpy as np
+    return int(np.asarray(split.records[0]["image"]).nbytes) + 4

@@ -1,0 +1,45 @@
+"""Model registry: `build(config.model, num_classes)` returns a flax.linen Module whose head is named `head`."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import jax.numpy as jnp
+
+from ptft_jax.errors import ConfigError
+from ptft_jax.models.mlp import MLP
+
+REGISTRY = {"mlp": MLP}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build(model_config, num_classes: int | None = None):
+    """Builds the model named by `model_config.name` with the other keys as its fields."""
+    kwargs = dict(model_config)
+    name = kwargs.pop("name", None)
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(str(name), REGISTRY, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {', '.join(sorted(REGISTRY))}."
+        raise ConfigError(f"Unknown model {name!r}: {hint}")
+    cls = REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    for key in kwargs:
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean 'model.{near[0]}'?" if near else f"valid: {', '.join(sorted(fields))}."
+            raise ConfigError(f"Unknown config key 'model.{key}' for model {name!r}: {hint}")
+    if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
+        if kwargs["dtype"] not in _DTYPES:
+            raise ConfigError(f"model.dtype {kwargs['dtype']!r} is not one of {', '.join(_DTYPES)}.")
+        kwargs["dtype"] = _DTYPES[kwargs["dtype"]]
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)
+    if num_classes is not None and "num_classes" in fields and "num_classes" not in kwargs:
+        kwargs["num_classes"] = num_classes
+    return cls(**kwargs)
+
+
+def count_params(params) -> int:
+    import jax
+    return sum(int(x.size) for x in jax.tree.leaves(params))

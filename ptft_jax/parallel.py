@@ -1,0 +1,72 @@
+"""One mesh over every device of every process; the batch is split on the `data` axis, params replicated."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ptft_jax.errors import ConfigError
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):
+    """Starts `jax.distributed` when several processes are asked for (flags or environment), else does nothing.
+
+    Environment: PTFT_COORDINATOR, PTFT_NUM_PROCESSES, PTFT_PROCESS_ID; on managed clusters (Cloud TPU,
+    SLURM, ...) `jax.distributed.initialize()` finds them by itself when PTFT_DISTRIBUTED=1.
+    """
+    coordinator = coordinator or os.environ.get("PTFT_COORDINATOR")
+    num_processes = num_processes or _env_int("PTFT_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("PTFT_PROCESS_ID")
+    if coordinator and num_processes and num_processes > 1:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif os.environ.get("PTFT_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def _env_int(name):
+    v = os.environ.get(name)
+    return int(v) if v else None
+
+
+class Parallel:
+    """The mesh and the shardings the loop uses."""
+
+    def __init__(self, devices=None):
+        devices = devices if devices is not None else jax.devices()
+        self.mesh = Mesh(np.asarray(devices), ("data",))
+        self.num_devices = len(devices)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch = NamedSharding(self.mesh, P("data"))
+        self.chunk = NamedSharding(self.mesh, P(None, "data"))  # [steps, batch, ...]
+        self.process_index = jax.process_index()
+        self.process_count = jax.process_count()
+        # Dispatching collectives back to back can stall XLA's CPU rendezvous: wait on each call there.
+        self.sync_each_call = devices[0].platform == "cpu" and len(devices) > 1
+
+    def check_batch(self, batch_size: int, what: str = "data.batch_size"):
+        if batch_size % self.num_devices:
+            raise ConfigError(f"{what} {batch_size} is not divisible by the {self.num_devices} devices; "
+                              f"use a multiple of {self.num_devices}.")
+
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch that this process reads."""
+        per = batch_size // self.process_count
+        return slice(self.process_index * per, (self.process_index + 1) * per)
+
+    def global_array(self, local: np.ndarray, sharding: NamedSharding, batch_axis: int = 0):
+        """Assembles per-process rows into one global array sharded on the batch axis."""
+        shape = list(local.shape)
+        shape[batch_axis] *= self.process_count
+        return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+    def replicate(self, value):
+        """Puts a host value (the same on every process) on every device."""
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, self.replicated, lambda idx: value[idx])
+
+    def describe(self) -> str:
+        d = jax.devices()[0]
+        return (f"{self.num_devices} {d.platform} device(s) ({d.device_kind}) in {self.process_count} process(es); "
+                f"mesh data={self.num_devices}")

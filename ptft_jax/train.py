@@ -1,0 +1,259 @@
+"""The one training loop for pretraining and fine-tuning: `train(config, workdir)` and `evaluate(config, workdir)`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptft_jax import data as data_lib
+from ptft_jax import models, optim
+from ptft_jax.checkpoint import Checkpoints
+from ptft_jax.config import to_json, validate
+from ptft_jax.errors import CheckpointError, ConfigError
+from ptft_jax.metrics import Console, MetricsFile, is_main
+from ptft_jax.parallel import Parallel
+from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step
+
+# Config keys a resumed run may change; any other difference means the workdir holds another run.
+RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep", "train.steps_per_call", "data.data_dir", "data.in_memory", "data.device_resident",
+                     "data.device_budget_mb", "data.num_threads", "data.prefetch", "data.eval_batch_size")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config before the loop starts."""
+    config: object
+    workdir: str
+    par: Parallel
+    ds: data_lib.Dataset
+    model: object
+    tx: object
+    order: data_lib.EpochOrder
+    total_steps: int
+    steps_per_epoch: int
+    ckpt: Checkpoints
+    metrics: MetricsFile
+
+
+def setup(config, workdir: str, log=print) -> Run:
+    config = validate(config)
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the workdir {workdir} ({e.strerror}); choose a writable --workdir.") from e
+    if not os.access(workdir, os.W_OK):
+        raise ConfigError(f"The workdir {workdir} is not writable; choose a writable --workdir.")
+    par = Parallel()
+    d, t = config.data, config.train
+    par.check_batch(d.batch_size)
+    par.check_batch(d.eval_batch_size, "data.eval_batch_size")
+    ds = data_lib.load(d, log=log)
+    model = models.build(config.model, ds.num_classes)
+    order = data_lib.EpochOrder(len(ds.train), d.batch_size, t.seed)
+    steps_per_epoch = order.steps_per_epoch
+    total = int(t.steps) if t.steps is not None else int(round(t.epochs * steps_per_epoch))
+    if total <= 0:
+        raise ConfigError("train.steps / train.epochs give no training steps; set a positive duration.")
+    tx = optim.build(config.optim, total)
+    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
+    return Run(config, workdir, par, ds, model, tx, order, total, steps_per_epoch, ckpt,
+               MetricsFile(os.path.join(workdir, "metrics.jsonl")))
+
+
+def _check_same_run(config, workdir):
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    from ptft_jax.config import _flatten
+    with open(path) as f:
+        old = _flatten(json.load(f))
+    new = _flatten(json.loads(to_json(config)))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if diff:
+        raise CheckpointError(
+            f"The workdir {workdir} holds a run with a different config ({', '.join(diff[:5])} differ); "
+            f"use a new --workdir to start another run.")
+
+
+def init_state(run: Run) -> TrainState:
+    """A fresh state: params from the seed, optimiser state from the params, all replicated."""
+    x = jnp.zeros((1, *run.ds.image_shape), jnp.float32)
+
+    def init(key):
+        variables = run.model.init({"params": key, "dropout": key}, x, train=False)
+        params = variables["params"]
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        return TrainState(jnp.zeros((), jnp.int32), params, run.tx.init(params), model_state)
+
+    key = jax.random.fold_in(jax.random.key(run.config.train.seed), 0)
+    return jax.jit(init, out_shardings=run.par.replicated)(key)
+
+
+def restore_or_init(run: Run, log=print) -> TrainState:
+    state = init_state(run)
+    latest = run.ckpt.latest_step()
+    if latest is not None:
+        log(f"resuming from {run.ckpt.directory}/{latest}")
+        state = run.ckpt.restore(latest, state)
+        run.metrics.truncate_after(latest)
+    elif run.config.init_from:
+        from ptft_jax.graft import graft_into_state
+        state = graft_into_state(run, state, log=log)
+    return state
+
+
+def evaluate_state(run: Run, state, eval_step=None) -> dict:
+    eval_step = eval_step or make_eval_step(run.model, run.ds.mean, run.ds.std, run.par)
+    bs = run.config.data.eval_batch_size
+    rows = run.par.local_rows(bs)
+    totals = None
+    for batch in data_lib.eval_batches(run.ds.test, bs, rows):
+        batch = {k: run.par.global_array(v, run.par.batch) for k, v in batch.items()}
+        out = eval_step(state, batch)
+        if run.par.sync_each_call:
+            jax.block_until_ready(out)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    n = float(totals["count"])
+    return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n, "examples": int(n)}
+
+
+def _use_resident(run: Run) -> bool:
+    mode = str(run.config.data.device_resident).lower()
+    arrays = run.ds.train.arrays
+    if mode == "false" or arrays is None:
+        if mode == "true" and arrays is None:
+            raise ConfigError("data.device_resident=true needs the training split in memory; set data.in_memory=true.")
+        return False
+    nbytes = sum(v.nbytes for v in arrays.values())
+    return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
+
+
+def _call_sizes(n: int, per_call: int) -> list[int]:
+    """Splits n steps into calls of `per_call` steps, the rest in powers of two (few distinct compiled sizes)."""
+    sizes = [per_call] * (n // per_call)
+    rest = n % per_call
+    bit = 1 << max(rest.bit_length() - 1, 0)
+    while rest:
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+        bit >>= 1
+    return sizes
+
+
+def _next_boundary(step: int, every: int | None, total: int) -> int:
+    if not every:
+        return total
+    return min(total, (step // every + 1) * every)
+
+
+def train(config, workdir: str, log=print) -> dict:
+    """Trains (pretraining or fine-tuning, by config) and returns the final test metrics."""
+    run = setup(config, workdir, log=log)
+    cfg, t, par = run.config, run.config.train, run.par
+    _check_same_run(cfg, run.workdir)
+    state = restore_or_init(run, log=log)
+    if is_main():
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(to_json(cfg))
+    start = int(state.step)
+    nparams = models.count_params(state.params)
+    log(f"model {cfg.model.name}: {nparams:,} params | data {run.ds.name}: {len(run.ds.train)} train, "
+        f"{len(run.ds.test)} test | {par.describe()} | {run.total_steps} steps "
+        f"({run.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | checkpoints in {run.ckpt.directory}")
+    if start >= run.total_steps:
+        log(f"already finished: step {start} of {run.total_steps} in {run.workdir}")
+        done = [m for m in run.metrics.read() if m["split"] == "test" and m["step"] == start]
+        result = done[-1] if done else {"step": start, **evaluate_state(run, state)}
+        run.ckpt.close()
+        return result
+
+    train_step = make_train_step(run.model, run.tx, run.ds.mean, run.ds.std, t.seed)
+    host_chunk, resident_chunk = make_chunk_fns(train_step, par)
+    eval_step = make_eval_step(run.model, run.ds.mean, run.ds.std, par)
+    resident = _use_resident(run)
+    if resident:
+        device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
+        batches = None
+    else:
+        rows = par.local_rows(cfg.data.batch_size)
+        batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
+                                        cfg.data.num_threads, cfg.data.prefetch)
+    log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
+
+    spe = run.steps_per_epoch
+    eval_every = t.eval_every or spe
+    ckpt_every = t.checkpoint_every or spe
+    per_call = t.steps_per_call or t.log_every
+    console = Console(run.total_steps, start)
+    step, last_log_step, last_log_time = start, start, time.perf_counter()
+    pending = []
+    t_start = time.perf_counter()
+    try:
+        while step < run.total_steps:
+            stop = min(step + per_call, _next_boundary(step, t.log_every, run.total_steps),
+                       _next_boundary(step, eval_every, run.total_steps),
+                       _next_boundary(step, ckpt_every, run.total_steps))
+            for k in _call_sizes(stop - step, per_call):
+                if resident:
+                    idx = par.global_array(run.order.chunk(step, k), par.chunk, batch_axis=1)
+                    state, m = resident_chunk(state, device_data, idx)
+                else:
+                    local = [next(batches) for _ in range(k)]
+                    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+                    chunk = {key: par.global_array(v, par.chunk, batch_axis=1) for key, v in stacked.items()}
+                    state, m = host_chunk(state, chunk)
+                if par.sync_each_call:
+                    jax.block_until_ready(m)
+                pending.append(m)
+                step += k
+            if step % t.log_every == 0 or step == run.total_steps:
+                ms = jax.device_get(pending)
+                pending = []
+                loss = float(np.mean(np.concatenate([x["loss"] for x in ms])))
+                acc = float(np.mean(np.concatenate([x["accuracy"] for x in ms])))
+                now = time.perf_counter()
+                rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                last_log_step, last_log_time = step, now
+                run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate)
+                console.update(step, rate, loss=loss, acc=acc)
+            if step % eval_every == 0 and step < run.total_steps:
+                ev = evaluate_state(run, state, eval_step)
+                run.metrics.write(step, "test", loss=ev["loss"], accuracy=ev["accuracy"])
+                console.line(f"step {step}: test loss {ev['loss']:.4f} | test accuracy {ev['accuracy']:.4f}")
+            if step % ckpt_every == 0 or step == run.total_steps:
+                run.ckpt.save(step, state, force=step == run.total_steps)
+        console.close()
+        ev = evaluate_state(run, state, eval_step)
+        run.metrics.write(step, "test", loss=ev["loss"], accuracy=ev["accuracy"])
+        run.ckpt.wait()
+    finally:
+        console.close()
+        run.ckpt.close()
+    elapsed = time.perf_counter() - t_start
+    log(f"done: step {step} | test accuracy {ev['accuracy']:.4f} | test loss {ev['loss']:.4f} | "
+        f"{(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | {run.workdir}")
+    return {"step": step, "split": "test", "loss": ev["loss"], "accuracy": ev["accuracy"]}
+
+
+def evaluate(config, workdir: str, step: int | None = None, log=print) -> dict:
+    """Evaluates a checkpoint of the run in `workdir` (default: the latest) on the test split."""
+    run = setup(config, workdir, log=log)
+    try:
+        step = step if step is not None else run.ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {run.ckpt.directory}; train first with the same --workdir.")
+        state = run.ckpt.restore(step, init_state(run))
+        ev = evaluate_state(run, state)
+    finally:
+        run.ckpt.close()
+    log(f"evaluate: step {step} | test accuracy {ev['accuracy']:.4f} | test loss {ev['loss']:.4f}")
+    return {"step": step, "split": "test", **ev}
