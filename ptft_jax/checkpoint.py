@@ -13,7 +13,8 @@ class Checkpoints:
     def __init__(self, directory: str, keep: int = 3, create: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state",))
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_handlers={"state": ocp.StandardCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -36,9 +37,19 @@ class Checkpoints:
         return out.state
 
     def restore_raw(self, step: int) -> dict:
-        """The saved tree as nested dicts and lists (no target), on the host: for grafting."""
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        """The saved tree as nested dicts and lists, whatever topology saved it: for grafting.
+
+        Arrays land on this process's first device, so a checkpoint written by 8 devices (or 8 hosts) reads on 1.
+        """
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        meta = self.metadata(step)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return out.state
+
+    def metadata(self, step: int):
+        """The saved tree's shapes and dtypes, without reading the arrays."""
+        return self.manager.item_metadata(step).state
 
     def wait(self):
         self.manager.wait_until_finished()

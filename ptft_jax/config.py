@@ -91,11 +91,16 @@ def _flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
 
 def _unknown_key(path: str, valid: Iterable[str]) -> ConfigError:
     valid = sorted(valid)
-    near = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
-    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
-    siblings = [v for v in valid if v.startswith(parent) and v.count(".") == path.count(".")] if parent else []
-    hint = f"did you mean {' or '.join(repr(n) for n in near)}?" if near else (
-        f"valid keys there: {', '.join(siblings)}." if siblings else "see ptft_jax/config.py for the valid keys.")
+    parent, _, leaf = path.rpartition(".")
+    siblings = [v for v in valid if v.rpartition(".")[0] == parent]
+    near = difflib.get_close_matches(leaf, [s.rpartition(".")[2] for s in siblings], n=1, cutoff=0.6)
+    near = [f"{parent}.{near[0]}" if parent else near[0]] if near else difflib.get_close_matches(path, valid, n=1)
+    if near:
+        hint = f"did you mean {near[0]!r}?"
+    elif siblings:
+        hint = f"valid keys there: {', '.join(siblings)}."
+    else:
+        hint = "see ptft_jax/config.py for the valid keys."
     return ConfigError(f"Unknown config key '{path}': {hint}")
 
 

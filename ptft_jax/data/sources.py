@@ -48,6 +48,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple | None = None
 
     @property
     def image_shape(self):
@@ -113,12 +114,20 @@ def _tfds_source(name: str, split: str, data_dir: str):
         msg = str(e)
         if "split" in msg.lower() and "unknown" in msg.lower():
             raise DataError(f"Dataset {name!r} has no split {split!r} ({msg.splitlines()[0]}).") from None
-        if "TFRECORD" in msg:
+        if "TFRECORD" in msg and _prepared(name, data_dir):
             raise DataError(f"Dataset {name!r} in {data_dir} was prepared as TFRecord, which cannot be read "
                             f"without TensorFlow; prepare it as array_record with: "
                             f"{prepare_command(name, data_dir)}") from None
         raise DataError(f"Dataset {name!r} is not prepared in {data_dir}; prepare it with: "
                         f"{prepare_command(name, data_dir)}") from None
+
+
+def _prepared(name: str, data_dir: str) -> bool:
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.builder(name, data_dir=data_dir).is_prepared()
+    except Exception:  # noqa: BLE001 - only used to choose between two messages
+        return False
 
 
 def tfds_dataset(name: str, cfg) -> Dataset:
@@ -156,5 +165,11 @@ def get_source(cfg) -> Dataset:
         return EMBEDDED[source](cfg)
     if source.startswith("tfds:"):
         return tfds_dataset(source[len("tfds:"):], cfg)
-    raise DataError(f"Unknown data.source {source!r}: use one of {', '.join(EMBEDDED)} or tfds:NAME "
-                    f"(for example tfds:mnist).")
+    if source.startswith(("npz:", "folder:")):
+        from ptft_jax.data.custom import load_images
+        return load_images(source, cfg)
+    if source.startswith(("csv:", "jsonl:")):
+        raise DataError("data.source csv:/jsonl: text data needs a text model (BERT), which is not available yet; "
+                        "use npz: or folder: for images.")
+    raise DataError(f"Unknown data.source {source!r}: use one of {', '.join(EMBEDDED)}, tfds:NAME (for example "
+                    f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH or jsonl:PATH.")

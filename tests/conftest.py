@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+def launch(*args, devices: int | None = None, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
+    """Runs the real launch.py in a subprocess."""
+    e = dict(os.environ)
+    e.pop("XLA_FLAGS", None)
+    if devices:
+        e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e.update(env or {})
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=e, cwd=ROOT)
+
+
+class Log(list):
+    def __call__(self, line):
+        self.append(line)
+
+    def text(self):
+        return "\n".join(self)
+
+
+@pytest.fixture
+def log():
+    """A log function that keeps the lines for assertions."""
+    return Log()

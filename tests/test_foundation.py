@@ -1,0 +1,192 @@
+"""The foundation: model, step, recipes, devices, resume, TFDS, and the errors users see."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+import ptft_jax
+from ptft_jax import models
+from ptft_jax.checkpoint import Checkpoints
+from ptft_jax.step import TrainState, make_train_step
+
+from conftest import CONFIGS, launch
+
+
+def cfg_file(name):
+    return os.path.join(CONFIGS, name)
+
+
+def small_digits(**over):
+    """The digits recipe, shortened."""
+    base = {"train.epochs": 2, "train.log_every": 20}
+    base.update(over)
+    return ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), base)
+
+
+def test_seed_mlp_shapes_and_parameter_count():
+    model = models.build(dict(name="mlp", hidden=(256, 128)), num_classes=10)
+    x = jnp.zeros((3, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    assert models.count_params(variables["params"]) == 235_146
+    assert set(variables["params"]) == {"dense_0", "dense_1", "head"}
+    assert variables["params"]["dense_0"]["kernel"].shape == (784, 256)
+    assert variables["params"]["head"]["kernel"].shape == (128, 10)
+    assert model.apply(variables, x).shape == (3, 10)
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch():
+    model = models.build(dict(name="mlp", hidden=(32,)), num_classes=4)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+             "label": rng.integers(0, 4, 16).astype(np.int32)}
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    tx = optax.sgd(0.1)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
+    step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))
+    state, m0 = step(state, batch)
+    for _ in range(3):
+        state, m = step(state, batch)
+    assert float(m["loss"]) < float(m0["loss"]) - 1e-3
+    assert int(state.step) == 4
+
+
+def test_digits_recipe_reaches_095(tmp_path):
+    config = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"))
+    result = ptft_jax.train(config, str(tmp_path / "run"))
+    assert result["accuracy"] >= 0.95, result
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows[-1]["split"] == "test" and rows[-1]["step"] == result["step"]
+    assert {"train", "test"} <= {r["split"] for r in rows}
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert saved["data"]["source"] == "digits" and saved["optim"]["lr"] == 0.01
+    again = ptft_jax.evaluate(config, str(tmp_path / "run"))
+    assert again["accuracy"] == pytest.approx(result["accuracy"]) and again["examples"] == 360
+
+
+def test_mnist5k_recipe_reaches_092(tmp_path):
+    config = ptft_jax.load_config(cfg_file("mnist5k_mlp_pretrain.py"))
+    assert config.data.source == "mnist5k"
+    result = ptft_jax.train(config, str(tmp_path / "run"))
+    assert result["accuracy"] >= 0.92, result
+
+
+def _params(workdir):
+    ck = Checkpoints(os.path.join(workdir, "checkpoints"))
+    raw = ck.restore_raw(ck.latest_step())
+    ck.close()
+    return raw["params"]
+
+
+def _assert_trees_equal(a, b, exact=True):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) and la
+    for x, y in zip(la, lb):
+        if exact:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_params(tmp_path, log):
+    full = small_digits(**{"train.steps": 120, "train.checkpoint_every": 40})
+    ptft_jax.train(full, str(tmp_path / "full"))
+    # The same run stopped at step 80 (a checkpoint) and started again with the full duration.
+    part = small_digits(**{"train.steps": 80, "train.checkpoint_every": 40})
+    ptft_jax.train(part, str(tmp_path / "resumed"))
+    ptft_jax.train(full, str(tmp_path / "resumed"), log=log)
+    assert any("resuming from" in line and line.endswith("/80") for line in log)
+    _assert_trees_equal(_params(tmp_path / "full"), _params(tmp_path / "resumed"))
+    rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == sorted(set(train_steps)), "metrics must not repeat steps after a resume"
+
+
+def test_finished_run_says_so_and_exits(tmp_path, log):
+    config = small_digits(**{"train.steps": 30})
+    first = ptft_jax.train(config, str(tmp_path / "run"))
+    again = ptft_jax.train(config, str(tmp_path / "run"), log=log)
+    assert any("already finished" in line for line in log)
+    assert again["accuracy"] == pytest.approx(first["accuracy"])
+
+
+def test_device_resident_and_host_pipeline_give_the_same_params(tmp_path):
+    on = small_digits(**{"train.steps": 50, "data.device_resident": "true"})
+    off = small_digits(**{"train.steps": 50, "data.device_resident": "false"})
+    ptft_jax.train(on, str(tmp_path / "on"))
+    ptft_jax.train(off, str(tmp_path / "off"))
+    _assert_trees_equal(_params(tmp_path / "on"), _params(tmp_path / "off"), exact=False)
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+    over = ["--config.train.steps=60", "--config.train.log_every=10", "--config.data.batch_size=16"]
+    one = launch(f"--config={cfg_file('digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'one'}", *over, devices=1)
+    eight = launch(f"--config={cfg_file('digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'eight'}", *over,
+                   devices=8)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert eight.returncode == 0, eight.stderr[-2000:]
+    assert "8 cpu device(s)" in eight.stderr + eight.stdout
+    rows = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]  # noqa: E731
+    a, b = rows("one"), rows("eight")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 7
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-4)
+    _assert_trees_equal(_params(tmp_path / "one"), _params(tmp_path / "eight"), exact=False)
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
+    out = launch(f"--config={cfg_file('digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'r'}",
+                 "--config.data.batch_size=12", devices=8)
+    assert out.returncode == 2
+    assert "data.batch_size 12 is not divisible by the 8 devices" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_config_key_names_the_key_and_the_nearest(tmp_path):
+    with pytest.raises(ptft_jax.ConfigError, match=r"Unknown config key 'optim.lrr': did you mean 'optim.lr'"):
+        ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), ["optim.lrr=0.1"])
+    with pytest.raises(ptft_jax.ConfigError, match=r"'model.hiden'.*did you mean 'model.hidden'"):
+        ptft_jax.train(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), ["model.hiden=(4,)"]),
+                       str(tmp_path / "x"))
+    out = launch(f"--config={cfg_file('digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'r'}",
+                 "--config.data.batchsize=32")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: Unknown config key 'data.batchsize': did you mean 'data.batch_size'?")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_overrides_are_typed():
+    c = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"),
+                             ["optim.lr=0.1", "optim.clip_norm=1.5", "model.hidden=(64, 32)", "optim.nesterov=true",
+                              "train.steps=7", "init_from=runs/x"])
+    assert c.optim.lr == 0.1 and c.optim.clip_norm == 1.5 and tuple(c.model.hidden) == (64, 32)
+    assert c.optim.nesterov is True and c.train.steps == 7 and c.init_from == "runs/x"
+    with pytest.raises(ptft_jax.ConfigError, match="'optim.lr' expects a float"):
+        ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), ["optim.lr=fast"])
+    with pytest.raises(ptft_jax.ConfigError, match="does not exist"):
+        ptft_jax.load_config("configs/nope.py")
+
+
+def test_mnist_recipe_on_tfds_mock_data(tmp_path):
+    config = ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"),
+                                  {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10,
+                                   "train.log_every": 3, "data.data_dir": str(tmp_path / "tfds")})
+    with tfds.testing.mock_data(num_examples=40):
+        result = ptft_jax.train(config, str(tmp_path / "run"))
+    assert result["step"] == 6 and np.isfinite(result["loss"])
+
+
+def test_missing_tfds_dataset_names_the_prepare_command(tmp_path):
+    out = launch(f"--config={cfg_file('mnist_mlp_pretrain.py')}", f"--workdir={tmp_path / 'r'}",
+                 f"--config.data.data_dir={tmp_path / 'empty'}")
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Dataset 'mnist' is not prepared in ")
+    assert f"python -m ptft_jax.prepare mnist --data_dir={tmp_path / 'empty'}" in last
+    with pytest.raises(ptft_jax.DataError, match="TFDS has no dataset named 'mnistt'"):
+        ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), {"data.source": "tfds:mnistt"}),
+                       str(tmp_path / "r2"))
