@@ -10,7 +10,8 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe file, optionally with a preset: configs/NAME.py[:preset].")
 flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+flags.DEFINE_string("input", None, "predict: an .npz (array x) or .npy of images, an image file, or a folder.")
 flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -38,6 +39,8 @@ def main(argv):
     from ptft_jax.parallel import initialize
 
     try:
+        if FLAGS.mode == "predict":
+            return _predict(ptft_jax)
         if not FLAGS.config or not FLAGS.workdir:
             raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
         initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
@@ -50,6 +53,21 @@ def main(argv):
         logging.debug("user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _predict(ptft_jax):
+    """Prints one JSON line per input: {"index", "class", "probabilities"}."""
+    import json
+    import os
+    if not FLAGS.workdir or not FLAGS.input:
+        raise ptft_jax.ConfigError("--mode=predict needs --workdir=RUN and --input=PATH.")
+    probs = ptft_jax.predict(FLAGS.workdir, FLAGS.input)
+    with open(os.path.join(FLAGS.workdir, "data.json")) as f:
+        names = json.load(f).get("class_names")
+    for i, p in enumerate(probs):
+        k = int(p.argmax())
+        print(json.dumps({"index": i, "class": names[k] if names else k,
+                          "probabilities": [round(float(v), 6) for v in p]}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 """
 from ptft_jax.config import defaults, load_config
 from ptft_jax.errors import CheckpointError, ConfigError, DataError, UserError
+from ptft_jax.graft import GraftError, GraftReport, graft
+from ptft_jax.predict import predict
 from ptft_jax.train import evaluate, train
 
-__all__ = ["train", "evaluate", "load_config", "defaults", "UserError", "ConfigError", "DataError",
+__all__ = ["train", "evaluate", "predict", "graft", "GraftReport", "GraftError", "load_config", "defaults", "UserError", "ConfigError", "DataError",
            "CheckpointError"]

@@ -1,6 +1,9 @@
 """The optimiser from `config.optim`, through optax."""
 from __future__ import annotations
 
+import re
+
+import jax
 import optax
 
 from ptft_jax.errors import ConfigError
@@ -21,7 +24,75 @@ def schedule(cfg, total_steps: int):
     raise ConfigError(f"optim.schedule {cfg.schedule!r} is not one of: constant, cosine.")
 
 
-def build(cfg, total_steps: int) -> optax.GradientTransformation:
+def build(cfg, total_steps: int, finetune=None, params=None) -> optax.GradientTransformation:
+    """The optimiser of `config.optim`, shaped by `config.finetune` when params are given."""
+    tx = base(cfg, total_steps)
+    if finetune is None or params is None:
+        return tx
+    mults = path_multipliers(params, finetune)
+    if finetune.strategy == "linear_probe":
+        labels = jax.tree_util.tree_map_with_path(
+            lambda p, _: "train" if _is_head(_path(p)) else "freeze", params)
+        # Frozen leaves get no updates and keep no optimiser state.
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    elif finetune.strategy != "full":
+        raise ConfigError(f"finetune.strategy {finetune.strategy!r} is not one of: full, linear_probe.")
+    if any(m != 1.0 for m in jax.tree.leaves(mults)):
+        tx = optax.chain(tx, _scale_by_tree(mults))
+    return tx
+
+
+def _path(keypath) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+
+
+def _is_head(path: str) -> bool:
+    return path == "head" or path.startswith("head/")
+
+
+def path_multipliers(params, finetune):
+    """Per-leaf learning-rate multipliers from `finetune.lr_mults` (regex, x) and `finetune.layer_decay`."""
+    rules = []
+    for rule in finetune.lr_mults or ():
+        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
+            raise ConfigError(f"finetune.lr_mults entry {rule!r} is not a (regex, multiplier) pair.")
+        rules.append((re.compile(str(rule[0])), float(rule[1])))
+    paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    depth = _block_depths(paths) if finetune.layer_decay else {}
+
+    def mult(keypath, _):
+        path = _path(keypath)
+        m = 1.0
+        for pattern, x in rules:
+            if pattern.fullmatch(path):
+                m = x
+                break
+        if finetune.layer_decay and not _is_head(path):
+            m *= float(finetune.layer_decay) ** depth.get(path, max(depth.values(), default=0) + 1)
+        return m
+
+    return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def _block_depths(paths) -> dict[str, int]:
+    """Depth from the head of each leaf in a numbered block (`dense_3/...`, `layer_11/...`): 1 for the last block."""
+    numbered = {}
+    for path in paths:
+        m = re.search(r"(?:^|/)[A-Za-z]+_?(\d+)(?:/|$)", path)
+        if m and not _is_head(path):
+            numbered[path] = int(m.group(1))
+    if not numbered:
+        raise ConfigError("finetune.layer_decay needs a model with numbered blocks (e.g. dense_0, layer_3); "
+                          "this model has none.")
+    top = max(numbered.values())
+    return {p: top - i + 1 for p, i in numbered.items()}
+
+
+def _scale_by_tree(mults) -> optax.GradientTransformation:
+    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda m, u: m * u, mults, updates))
+
+
+def base(cfg, total_steps: int) -> optax.GradientTransformation:
     """SGD (momentum, nesterov), Adam or AdamW, with optional clipping and weight decay."""
     lr = schedule(cfg, total_steps)
     parts = []

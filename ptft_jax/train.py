@@ -61,7 +61,8 @@ def setup(config, workdir: str, log=print) -> Run:
     total = int(t.steps) if t.steps is not None else int(round(t.epochs * steps_per_epoch))
     if total <= 0:
         raise ConfigError("train.steps / train.epochs give no training steps; set a positive duration.")
-    tx = optim.build(config.optim, total)
+    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *ds.image_shape))))["params"]
+    tx = optim.build(config.optim, total, config.finetune, params_shape)
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     return Run(config, workdir, par, ds, model, tx, order, total, steps_per_epoch, ckpt,
                MetricsFile(os.path.join(workdir, "metrics.jsonl")))
@@ -162,8 +163,11 @@ def train(config, workdir: str, log=print) -> dict:
     _check_same_run(cfg, run.workdir)
     state = restore_or_init(run, log=log)
     if is_main():
+        from ptft_jax.predict import data_info
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(to_json(cfg))
+        with open(os.path.join(run.workdir, "data.json"), "w") as f:
+            json.dump(data_info(run.ds), f, indent=2)
     start = int(state.step)
     nparams = models.count_params(state.params)
     log(f"model {cfg.model.name}: {nparams:,} params | data {run.ds.name}: {len(run.ds.train)} train, "

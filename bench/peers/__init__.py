@@ -1,0 +1,1 @@
+"""PyTorch peers of the bench workloads (imported only when torch is installed)."""

@@ -1,0 +1,22 @@
+"""Fine-tune the digits MLP to a 2-class head (digit >= 5), SGD 0.001, from the digits pretraining run.
+
+    python launch.py --config=configs/digits_mlp_pretrain.py --workdir=runs/digits_pt
+    python launch.py --config=configs/digits_mlp_finetune.py --workdir=runs/digits_ft --config.init_from=runs/digits_pt
+"""
+from ptft_jax.config import defaults
+
+
+def get_config():
+    c = defaults()
+    c.model = dict(name="mlp", hidden=(256, 128))  # the head size comes from the data: 2 classes
+    c.data.source = "digits"
+    c.data.label_map = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # the new task: is the digit >= 5?
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 360
+    c.optim.name = "sgd"
+    c.optim.lr = 0.001
+    c.train.epochs = 10
+    c.init_from = "runs/digits_pt"
+    c.graft = [("head/.*", "init"), (".*", "load")]
+    c.finetune.strategy = "full"  # or linear_probe; finetune.lr_mults=[("dense_.*", 0.1)]; finetune.layer_decay
+    return c

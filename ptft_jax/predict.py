@@ -1,0 +1,84 @@
+"""Class probabilities from a trained run: `predict(workdir, inputs)`."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptft_jax import models
+from ptft_jax.errors import CheckpointError, DataError
+
+
+def data_info(ds) -> dict:
+    """What predict needs to know about the training data; written to WORKDIR/data.json."""
+    return {"name": ds.name, "num_classes": ds.num_classes, "image_shape": list(ds.image_shape),
+            "mean": list(ds.mean), "std": list(ds.std),
+            "class_names": list(getattr(ds, "class_names", None) or []) or None}
+
+
+def read_inputs(path: str, image_shape) -> np.ndarray:
+    """uint8 images [N,H,W,C] from an .npz (array `x`), a .npy, an image file, or a folder of images."""
+    from PIL import Image
+    if not os.path.exists(path):
+        raise DataError(f"Input {path} does not exist; pass an .npz/.npy of images, an image file or a folder.")
+    h, w, c = image_shape
+
+    def load_image(p):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h))
+                return np.asarray(im, np.uint8).reshape(h, w, c)
+        except OSError as e:
+            raise DataError(f"Input image {p} cannot be read ({e}); pass a PNG or JPEG file.") from None
+
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if not f.startswith("."))
+        if not files:
+            raise DataError(f"Input folder {path} holds no images.")
+        return np.stack([load_image(os.path.join(path, f)) for f in files])
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z:
+                raise DataError(f"Input {path} has no array named 'x'; save the images as x=...")
+            return z["x"]
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    return load_image(path)[None]
+
+
+def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
+    """Probabilities [N, num_classes] for `inputs` (uint8 images [N,H,W,C] or [H,W,C], floats in [0,1], or a
+    path accepted by `read_inputs`) from the run in `workdir` (its latest checkpoint unless `step`)."""
+    from ptft_jax.checkpoint import Checkpoints
+    from ptft_jax.step import make_predict_fn
+    info_path, config_path = os.path.join(workdir, "data.json"), os.path.join(workdir, "config.json")
+    if not (os.path.exists(info_path) and os.path.exists(config_path)):
+        raise CheckpointError(f"{workdir} is not a ptft_jax run (no config.json/data.json); pass a run's workdir.")
+    with open(info_path) as f:
+        info = json.load(f)
+    with open(config_path) as f:
+        config = json.load(f)
+    shape = tuple(info["image_shape"])
+    x = read_inputs(inputs, shape) if isinstance(inputs, (str, os.PathLike)) else np.asarray(inputs)
+    if x.ndim == len(shape):
+        x = x[None]
+    if np.issubdtype(x.dtype, np.floating):
+        x = np.round(np.clip(x, 0, 1) * 255)
+    x = x.reshape((-1, *shape)) if x[0].size == int(np.prod(shape)) else x
+    if tuple(x.shape[1:]) != shape:
+        raise DataError(f"Inputs have shape {tuple(x.shape[1:])} but the model was trained on {shape}.")
+    ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
+    try:
+        step = step if step is not None else ck.latest_step()
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {workdir}/checkpoints; train first.")
+        raw = ck.restore_raw(step)
+    finally:
+        ck.close()
+    model = models.build(config["model"], info["num_classes"])
+    fn = make_predict_fn(model, tuple(info["mean"]), tuple(info["std"]))
+    probs = fn(raw["params"], raw.get("model_state") or {}, jnp.asarray(x.astype(np.uint8)))
+    return np.asarray(jax.device_get(probs))
