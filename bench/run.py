@@ -13,6 +13,7 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,10 +36,10 @@ MLP = dict(model=dict(name="mlp", hidden=(256, 128)), shape=(28, 28, 1), classes
            train_size=60_000, test_size=10_000)
 WORKLOADS = [
     dict(name="mlp_step", kind="step", peer="bench.peers.torch_mlp:step", **MLP),
-    dict(name="mlp_loop", kind="loop", peer="bench.peers.torch_mlp:loop", epochs=10, **MLP),
+    dict(name="mlp_loop", kind="loop", peer="bench.peers.torch_mlp:loop", epochs=10, step="mlp_step", **MLP),
 ]
 FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None)
-QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=2, train_size=12_000)
+QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=3, train_size=12_000)
 
 
 def timed(fn, repeats):
@@ -55,14 +56,12 @@ def timed(fn, repeats):
     return first, statistics.median(times)
 
 
-def matmul_rate(repeats):
-    """FLOP/s of one jitted a @ b: float32 2048^2 on CPU, bfloat16 8192^2 on an accelerator."""
-    cpu = jax.default_backend() == "cpu"
-    n, dtype = (2048, jnp.float32) if cpu else (8192, jnp.bfloat16)
+def matmul_rate(dtype, n, repeats):
+    """FLOP/s of one jitted n x n @ n x n matmul (median of repeats)."""
     a, b = (jax.random.normal(jax.random.key(i), (n, n), dtype) for i in (1, 2))
     f = jax.jit(jnp.matmul)
     _, t = timed(lambda: f(a, b), max(repeats, 5))
-    return 2 * n ** 3 / t, f"{jnp.dtype(dtype).name} {n}x{n}"
+    return 2 * n ** 3 / t
 
 
 def peak_bytes():
@@ -70,10 +69,12 @@ def peak_bytes():
     return stats.get("peak_bytes_in_use")
 
 
-def xla_flops(compiled):
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca["flops"]) if ca and "flops" in ca else None
+def clear_compile_cache():
+    """Empties the persistent compilation cache main() set up, so that the next compile is cold."""
+    path = jax.config.jax_compilation_cache_dir
+    for name in os.listdir(path) if path else ():
+        if name != ".lockfile":
+            os.remove(os.path.join(path, name))
 
 
 def fake_images(n, shape, classes, seed):
@@ -87,7 +88,7 @@ def fake_images(n, shape, classes, seed):
 
 @functools.lru_cache(maxsize=None)
 def step_setup(name):
-    """Model, state, train_step, a batch, XLA's FLOPs per step and the analytic 6*params*batch of a workload."""
+    """Model params in a TrainState, the train_step, one batch and the parameter count of a workload."""
     w = next(w for w in WORKLOADS if w["name"] == name)
     cfg = ptft_jax.defaults()
     cfg.optim.lr = w["lr"]
@@ -97,14 +98,20 @@ def step_setup(name):
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     train_step = make_train_step(model, tx, (0.5,), (0.25,), 0)
     x, y = fake_images(w["batch"], w["shape"], w["classes"], 0)
-    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
-    flops = xla_flops(jax.jit(train_step).lower(state, batch).compile())
-    nparams = models.count_params(params)
-    return w, state, train_step, batch, flops, 6 * nparams * w["batch"], nparams
+    return state, train_step, {"image": jnp.asarray(x), "label": jnp.asarray(y)}, models.count_params(params)
+
+
+@functools.lru_cache(maxsize=None)
+def step_flops(name):
+    """FLOPs of one train step from XLA's cost analysis (a scan's analysis counts its body once, so: one step)."""
+    state, train_step, batch, _ = step_setup(name)
+    ca = jax.jit(train_step).lower(state, batch).compile().cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca  # a list of dicts in older jax, a dict in newer
+    return float(ca["flops"]) if ca and "flops" in ca else None
 
 
 def run_step(w, a):
-    _, state, train_step, batch, flops, analytic, nparams = step_setup(w["name"])
+    state, train_step, batch, nparams = step_setup(w["name"])
     rows = []
     step = jax.jit(train_step, donate_argnums=0)
     held = [jax.tree.map(jnp.copy, state)]
@@ -135,8 +142,10 @@ def run_step(w, a):
     first, per = timed(chunk, a["repeats"])
     rows.append(dict(impl=f"jax scan, {a['scan_steps']} steps/call", compile_s=first - per,
                      steps_per_s=a["scan_steps"] / per))
+    flops = step_flops(w["name"])  # after the timed calls, so their compile times are cold
     for r in rows:
-        r.update(flops_per_step=flops, analytic_flops_per_step=analytic, params=nparams, peak_bytes=peak_bytes())
+        r.update(flops_per_step=flops, analytic_flops_per_step=6 * nparams * w["batch"], params=nparams,
+                 peak_bytes=peak_bytes())
     return rows, dict(batch_size=w["batch"], steps=a["calls"], repeats=a["repeats"], hidden=w["model"]["hidden"],
                       lr=w["lr"])
 
@@ -163,7 +172,7 @@ def run_loop(w, a):
     epochs = a["epochs"] or w["epochs"]
     n = a["train_size"] or w["train_size"]
     steps_per_epoch = n // w["batch"]
-    flops = step_setup(w["name"].replace("_loop", "_step"))[4]
+    flops = step_flops(w["step"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="ptft_bench_") as tmp:
         npz = os.path.join(tmp, "data.npz")
@@ -174,13 +183,16 @@ def run_loop(w, a):
             tag = "resident" if resident else "grain"
             # A cold 1-epoch run (imports, compiles, Orbax), then a warm 1-epoch and an E-epoch run: the loop's rate
             # is the difference, (E - 1) epochs / (t_E - t_1), each epoch with its eval and checkpoint.
+            clear_compile_cache()
             _, t_cold, _ = train_once(w, npz, os.path.join(tmp, f"{tag}_cold"), 1, resident)
             _, t1, _ = train_once(w, npz, os.path.join(tmp, f"{tag}_1"), 1, resident)
             result, tn, rates = train_once(w, npz, os.path.join(tmp, f"{tag}_{epochs}"), epochs, resident)
-            rate = (epochs - 1) * steps_per_epoch / (tn - t1)
+            rate = (epochs - 1) * steps_per_epoch / (tn - t1) if tn > t1 else None  # None: lost in the noise
             rows.append(dict(impl=f"ptft_jax.train, {'device-resident' if resident else 'grain host pipeline'}",
-                             compile_s=t_cold - steps_per_epoch / rate, steps_per_s=rate, flops_per_step=flops,
+                             compile_s=rate and t_cold - steps_per_epoch / rate, steps_per_s=rate,
+                             flops_per_step=flops,
                              peak_bytes=peak_bytes(), train_s=[t_cold, t1, tn], metrics_steps_per_s=rates,
+                             whole_run_steps_per_s=epochs * steps_per_epoch / tn,
                              metrics_median_steps_per_s=statistics.median(rates) if rates else None,
                              test_accuracy=result["accuracy"]))
     return rows, dict(x=x, y=y, x_test=xt, y_test=yt, epochs=epochs, batch_size=w["batch"], lr=w["lr"],
@@ -220,13 +232,27 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated workload names (default: all)")
     args = p.parse_args(argv)
     a = QUICK if args.quick else FULL
-    rate, matmul = matmul_rate(a["repeats"])
+    # A fresh persistent compilation cache: the first train() of a loop row compiles cold, the later ones load
+    # its executables, so their difference in wall time is training, eval and checkpoints, not compile noise.
+    cache = tempfile.mkdtemp(prefix="ptft_bench_cache_")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    load = os.getloadavg()[0]
+    # The MFU denominator: float32 2048^2 on CPU, bfloat16 8192^2 on an accelerator (float32 there as well, for
+    # reference, since the MLP computes in float32).
+    cpu = jax.default_backend() == "cpu"
+    matmul = "float32 2048x2048" if cpu else "bfloat16 8192x8192"
+    rate = matmul_rate(jnp.float32, 2048, a["repeats"]) if cpu else matmul_rate(jnp.bfloat16, 8192, a["repeats"])
+    f32 = rate if cpu else matmul_rate(jnp.float32, 8192, a["repeats"])
     dev = jax.devices()[0]
     header = dict(date=datetime.date.today().isoformat(), jax=jax.__version__, backend=jax.default_backend(),
                   device_kind=dev.device_kind, devices=jax.device_count(), matmul=matmul, matmul_flops_per_s=rate,
-                  quick=args.quick, cpus=os.cpu_count(), OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"))
+                  float32_matmul_flops_per_s=f32, quick=args.quick, cpus=os.cpu_count(), load_avg_1min_at_start=load,
+                  OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"))
     print(f"# {header['date']} | jax {jax.__version__} | backend {header['backend']} | {header['devices']} x "
-          f"{dev.device_kind} | {os.cpu_count()} CPUs | matmul {matmul}: {rate / 1e9:.1f} GFLOP/s"
+          f"{dev.device_kind} | {os.cpu_count()} CPUs, load {load:.2f} | matmul {matmul}: {rate / 1e9:.1f} GFLOP/s"
+          f"{'' if cpu else f' (float32 8192x8192: {f32 / 1e9:.1f})'}"
           f"{' | --quick' if args.quick else ''}", flush=True)
     rows, notes = [], []
     for w in WORKLOADS:
@@ -235,11 +261,10 @@ def main(argv=None):
         mine, inputs = RUNNERS[w["kind"]](w, a)
         peer = run_peer(w, a, inputs)
         for r in mine + ([peer] if peer else []):
-            r["workload"] = w["name"]
-            r["examples_per_s"] = r["steps_per_s"] * w["batch"]
-            flops = r.get("flops_per_step") or mine[0]["flops_per_step"]
-            r["mfu"] = flops * r["steps_per_s"] / rate if flops else None
-            r["ratio_vs_peer"] = (r["steps_per_s"] / peer["steps_per_s"]) if peer else "torch not installed"
+            sps, flops = r["steps_per_s"], r.get("flops_per_step") or mine[0]["flops_per_step"]
+            r.update(workload=w["name"], examples_per_s=sps and sps * w["batch"],
+                     mfu=sps and flops and flops * sps / rate,
+                     ratio_vs_peer=(sps and sps / peer["steps_per_s"]) if peer else "torch not installed")
             rows.append(r)
         m = mine[0]
         if w["kind"] == "step":
@@ -257,13 +282,15 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes") else "n/a"
-        ratio = r["ratio_vs_peer"] if isinstance(r["ratio_vs_peer"], str) else f"{r['ratio_vs_peer']:.2f}x"
-        print(f"| {r['workload']} | {r['impl']} | {fmt(r['compile_s'], '.2f')} | {r['steps_per_s']:.1f} | "
-              f"{r['examples_per_s']:,.0f} | {mem} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {ratio} |")
+        ratio = r["ratio_vs_peer"]
+        ratio = ratio if isinstance(ratio, str) else f"{ratio:.2f}x" if ratio else "-"
+        print(f"| {r['workload']} | {r['impl']} | {fmt(r['compile_s'], '.2f')} | {fmt(r['steps_per_s'], '.1f')} | "
+              f"{fmt(r['examples_per_s'], ',.0f')} | {mem} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {ratio} |")
     print("\n" + "\n".join(f"- {n}" for n in notes))
     with open(args.out, "w") as f:
         json.dump(dict(header=header, rows=rows, notes=notes), f, indent=2, default=str)
-    print(f"\nresults: {args.out}")
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"\nresults: {args.out} (load average at the end {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
