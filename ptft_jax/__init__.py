@@ -5,11 +5,11 @@
     result = ptft_jax.train(config, "runs/digits_pt")      # {"step", "loss", "accuracy", ...} on the test split
     ptft_jax.evaluate(config, "runs/digits_pt")
 """
-from ptft_jax.config import defaults, load_config
+from ptft_jax.config import apply_overrides, defaults, load_config
 from ptft_jax.errors import CheckpointError, ConfigError, DataError, UserError
 from ptft_jax.graft import GraftError, GraftReport, graft
 from ptft_jax.predict import predict
 from ptft_jax.train import evaluate, train
 
-__all__ = ["train", "evaluate", "predict", "graft", "GraftReport", "GraftError", "load_config", "defaults", "UserError", "ConfigError", "DataError",
+__all__ = ["train", "evaluate", "predict", "graft", "GraftReport", "GraftError", "load_config", "apply_overrides", "defaults", "UserError", "ConfigError", "DataError",
            "CheckpointError"]

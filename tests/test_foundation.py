@@ -190,3 +190,45 @@ def test_missing_tfds_dataset_names_the_prepare_command(tmp_path):
     with pytest.raises(ptft_jax.DataError, match="TFDS has no dataset named 'mnistt'"):
         ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), {"data.source": "tfds:mnistt"}),
                        str(tmp_path / "r2"))
+
+
+@pytest.mark.parametrize("over", [
+    {"optim.name": "sgd", "optim.momentum": 0.9, "optim.nesterov": True},
+    {"optim.name": "adam", "optim.lr": 0.003, "optim.weight_decay": 1e-4},
+    {"optim.name": "adamw", "optim.lr": 0.003, "optim.weight_decay": 0.05, "optim.schedule": "cosine",
+     "optim.warmup_steps": 3, "optim.clip_norm": 1.0},
+    {"optim.name": "sgd", "optim.lr": 0.05, "optim.schedule": "constant", "optim.warmup_steps": 2},
+])
+def test_optimiser_variants_train(over):
+    from ptft_jax import optim
+    cfg = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), over).optim
+    model = models.build(dict(name="mlp", hidden=(32,)), num_classes=4)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+             "label": rng.integers(0, 4, 16).astype(np.int32)}
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    tx = optim.build(cfg, total_steps=20)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
+    step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))
+    losses = []
+    for _ in range(12):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_bad_optimiser_settings_are_clear():
+    from ptft_jax import optim
+    with pytest.raises(ptft_jax.ConfigError, match="optim.name 'lion' is not one of"):
+        optim.build(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), {"optim.name": "lion"}).optim, 10)
+    with pytest.raises(ptft_jax.ConfigError, match="optim.schedule 'linear' is not one of"):
+        optim.build(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), {"optim.schedule": "linear"}).optim, 10)
+
+
+def test_evaluation_counts_every_example_once_with_a_padded_last_batch(tmp_path):
+    config = small_digits(**{"train.steps": 20})
+    ptft_jax.train(config, str(tmp_path / "run"))
+    whole = ptft_jax.evaluate(config, str(tmp_path / "run"))
+    padded = ptft_jax.evaluate(ptft_jax.apply_overrides(config, {"data.eval_batch_size": 100}), str(tmp_path / "run"))
+    assert whole["examples"] == padded["examples"] == 360
+    assert padded["accuracy"] == pytest.approx(whole["accuracy"]) and padded["loss"] == pytest.approx(whole["loss"])
