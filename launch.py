@@ -1,6 +1,7 @@
 """Command line: python launch.py --config=configs/NAME.py[:preset] --workdir=DIR [--config.KEY=VALUE ...]
 
-Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (latest checkpoint on the test split).
+Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (latest checkpoint on the test split),
+predict (--input=PATH: class probabilities), report (a sweep's results table). --sweep runs a config's get_sweep().
 Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I (or PTFT_* environment variables).
 """
 import sys
@@ -10,8 +11,11 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Recipe file, optionally with a preset: configs/NAME.py[:preset].")
 flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, metrics.jsonl.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report"], "What to do; report: a sweep's table.")
+flags.DEFINE_bool("sweep", False, "Run every member of the config file's get_sweep() in WORKDIR/<member>.")
+flags.DEFINE_bool("sweep_print", False, "Print one launch command per sweep member instead of running them.")
 flags.DEFINE_string("input", None, "predict: an .npz (array x) or .npy of images, an image file, or a folder.")
+flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose run had a different config.")
 flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -40,15 +44,33 @@ def main(argv):
 
     try:
         if FLAGS.mode == "predict":
-            return _predict(ptft_jax)
+            _predict(ptft_jax)
+            return None
+        if FLAGS.mode == "report":
+            if not FLAGS.workdir:
+                raise ptft_jax.ConfigError("--mode=report needs --workdir=SWEEP_DIR.")
+            ptft_jax.sweep.report(FLAGS.workdir)
+            return None
+        if FLAGS.sweep or FLAGS.sweep_print:
+            if not FLAGS.config or not FLAGS.workdir:
+                raise ptft_jax.ConfigError("A sweep needs --config=configs/NAME.py and --workdir=DIR.")
+            if FLAGS.sweep_print:
+                print("\n".join(ptft_jax.sweep.commands(FLAGS.config, FLAGS.workdir, _OVERRIDES)))
+                return None
+            initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+            ptft_jax.sweep.run(FLAGS.config, FLAGS.workdir, _OVERRIDES)
+            return None
         if not FLAGS.config or not FLAGS.workdir:
             raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
         initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
         config = ptft_jax.load_config(FLAGS.config, _OVERRIDES)
         if FLAGS.mode == "train":
-            ptft_jax.train(config, FLAGS.workdir)
+            ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
         else:
             ptft_jax.evaluate(config, FLAGS.workdir)
+    except ptft_jax.Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except ptft_jax.UserError as e:
         logging.debug("user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +39,8 @@ WORKLOADS = [
     dict(name="mlp_step", kind="step", peer="bench.peers.torch_mlp:step", **MLP),
     dict(name="mlp_loop", kind="loop", peer="bench.peers.torch_mlp:loop", epochs=10, step="mlp_step", **MLP),
 ]
-FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None)
-QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=3, train_size=12_000)
+FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None, test_size=None)
+QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=10, train_size=12_000, test_size=2_000)
 
 
 def timed(fn, repeats):
@@ -177,7 +178,7 @@ def run_loop(w, a):
     with tempfile.TemporaryDirectory(prefix="ptft_bench_") as tmp:
         npz = os.path.join(tmp, "data.npz")
         x, y = fake_images(n, w["shape"], w["classes"], 0)
-        xt, yt = fake_images(w["test_size"], w["shape"], w["classes"], 1)
+        xt, yt = fake_images(a["test_size"] or w["test_size"], w["shape"], w["classes"], 1)
         np.savez(npz, x=x, y=y, x_test=xt, y_test=yt)
         for resident in (True, False):
             tag = "resident" if resident else "grain"
@@ -190,35 +191,35 @@ def run_loop(w, a):
             rate = (epochs - 1) * steps_per_epoch / (tn - t1) if tn > t1 else None  # None: lost in the noise
             rows.append(dict(impl=f"ptft_jax.train, {'device-resident' if resident else 'grain host pipeline'}",
                              compile_s=rate and t_cold - steps_per_epoch / rate, steps_per_s=rate,
-                             flops_per_step=flops,
-                             peak_bytes=peak_bytes(), train_s=[t_cold, t1, tn], metrics_steps_per_s=rates,
-                             whole_run_steps_per_s=epochs * steps_per_epoch / tn,
+                             flops_per_step=flops, peak_bytes=peak_bytes(), train_s=[t_cold, t1, tn],
+                             metrics_steps_per_s=rates, whole_run_steps_per_s=epochs * steps_per_epoch / tn,
                              metrics_median_steps_per_s=statistics.median(rates) if rates else None,
                              test_accuracy=result["accuracy"]))
     return rows, dict(x=x, y=y, x_test=xt, y_test=yt, epochs=epochs, batch_size=w["batch"], lr=w["lr"],
                       hidden=w["model"]["hidden"])
 
 
-def run_peer(w, a, inputs):
+def run_peer(w, inputs):
+    """The workload's PyTorch peer called with the inputs its runner returned; None without torch."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return None
-    module, _, fn = w["peer"].partition(":")
-    fn = getattr(importlib.import_module(module), fn)
-    if w["kind"] == "step":
-        out = fn(batch_size=inputs["batch_size"], steps=inputs["steps"], repeats=inputs["repeats"],
-                 lr=inputs["lr"], hidden=inputs["hidden"])
-        impl = "torch eager, fixed batch"
-    else:
-        out = fn(inputs["x"], inputs["y"], inputs["x_test"], inputs["y_test"], epochs=inputs["epochs"],
-                 batch_size=inputs["batch_size"], lr=inputs["lr"], hidden=inputs["hidden"])
-        impl = "torch DataLoader loop"
-    import torch
-    return dict(impl=f"{impl} (torch {torch.__version__})", compile_s=None, **out)
+    module, _, name = w["peer"].partition(":")
+    out = getattr(importlib.import_module(module), name)(**inputs)
+    out["impl"] += f" (torch {torch.__version__})"
+    return dict(compile_s=None, **out)
 
 
 RUNNERS = {"step": run_step, "loop": run_loop}
+
+
+def git_rev():
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
 
 
 def fmt(v, spec):
@@ -249,17 +250,17 @@ def main(argv=None):
     header = dict(date=datetime.date.today().isoformat(), jax=jax.__version__, backend=jax.default_backend(),
                   device_kind=dev.device_kind, devices=jax.device_count(), matmul=matmul, matmul_flops_per_s=rate,
                   float32_matmul_flops_per_s=f32, quick=args.quick, cpus=os.cpu_count(), load_avg_1min_at_start=load,
-                  OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"))
+                  OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"), git=git_rev())
     print(f"# {header['date']} | jax {jax.__version__} | backend {header['backend']} | {header['devices']} x "
           f"{dev.device_kind} | {os.cpu_count()} CPUs, load {load:.2f} | matmul {matmul}: {rate / 1e9:.1f} GFLOP/s"
           f"{'' if cpu else f' (float32 8192x8192: {f32 / 1e9:.1f})'}"
-          f"{' | --quick' if args.quick else ''}", flush=True)
+          f" | git {header['git']}{' | --quick' if args.quick else ''}", flush=True)
     rows, notes = [], []
     for w in WORKLOADS:
         if args.only and w["name"] not in args.only.split(","):
             continue
         mine, inputs = RUNNERS[w["kind"]](w, a)
-        peer = run_peer(w, a, inputs)
+        peer = run_peer(w, inputs)
         for r in mine + ([peer] if peer else []):
             sps, flops = r["steps_per_s"], r.get("flops_per_step") or mine[0]["flops_per_step"]
             r.update(workload=w["name"], examples_per_s=sps and sps * w["batch"],
@@ -273,6 +274,9 @@ def main(argv=None):
                          f"(the analytic count includes the first layer's input gradient, never computed); MFU "
                          f"uses XLA's count for every row")
         else:
+            notes.append(f"{w['name']}: steps/s = ({inputs['epochs']} - 1) epochs / (t_{inputs['epochs']} - t_1) of "
+                         f"warm train() runs, each epoch with its eval and checkpoint; compile s = the cold 1-epoch "
+                         f"train() (compiles, data load, Orbax) less one epoch at that rate; torch: epochs 2..E")
             for r in mine:
                 notes.append(f"{w['name']} / {r['impl']}: metrics.jsonl steps_per_s median "
                              f"{fmt(r['metrics_median_steps_per_s'], '.1f')} over {len(r['metrics_steps_per_s'])} "

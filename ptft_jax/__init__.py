@@ -6,10 +6,11 @@
     ptft_jax.evaluate(config, "runs/digits_pt")
 """
 from ptft_jax.config import apply_overrides, defaults, load_config
-from ptft_jax.errors import CheckpointError, ConfigError, DataError, UserError
+from ptft_jax.errors import CheckpointError, ConfigError, DataError, Diverged, Interrupted, UserError
+from ptft_jax import sweep
 from ptft_jax.graft import GraftError, GraftReport, graft
 from ptft_jax.predict import predict
 from ptft_jax.train import evaluate, train
 
 __all__ = ["train", "evaluate", "predict", "graft", "GraftReport", "GraftError", "load_config", "apply_overrides", "defaults", "UserError", "ConfigError", "DataError",
-           "CheckpointError"]
+           "CheckpointError", "Diverged", "Interrupted"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,18 +24,35 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, force: bool = False) -> bool:
-        return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+        try:
+            return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                                     force=force)
+        except OSError as e:
+            raise self._save_error(step, e) from e
+
+    def _save_error(self, step, e) -> CheckpointError:
+        return CheckpointError(f"Saving the checkpoint of step {step} in {self.directory} failed ({e.strerror or e}); "
+                               f"the earlier checkpoints are intact: free space or fix the folder, then rerun.")
 
     def restore(self, step: int, target):
         """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - reported as one sentence; the caller may fall back
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
-                f"The checkpoint at {self.directory}/{step} does not match this config's model or optimiser "
-                f"({str(e).splitlines()[0][:200]}); use a new --workdir or the config it was saved with.") from e
+                f"The checkpoint at {self.directory}/{step} cannot be restored into this config's model and "
+                f"optimiser ({type(e).__name__}: {first}); use a new --workdir or the config it was saved with.") from e
         return out.state
+
+    def set_aside(self, step: int) -> str:
+        """Renames a damaged step folder out of the manager's sight (kept for inspection, never deleted)."""
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.damaged-{int(time.time())}"
+        os.replace(src, dst)
+        self.manager.reload()
+        return dst
 
     def restore_raw(self, step: int) -> dict:
         """The saved tree as nested dicts and lists, whatever topology saved it: for grafting.
@@ -52,7 +70,10 @@ class Checkpoints:
         return self.manager.item_metadata(step).state
 
     def wait(self):
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except OSError as e:
+            raise self._save_error(self.latest_step(), e) from e
 
     def close(self):
         self.manager.close()

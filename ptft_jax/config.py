@@ -42,6 +42,13 @@ def defaults() -> ml_collections.ConfigDict:
         device_budget_mb=2048,   # "auto" puts a split on the devices when it is smaller than this
         mean=None,               # per-channel normalisation after scaling to [0, 1]; default: the dataset's
         std=None,
+        augment=None,            # training augmentation on the host (NumPy, per (seed, step)): None | crop_flip
+                                 # (pad, random crop, horizontal flip) | inception_crop (random-resized crop + flip)
+        image_size=None,         # every image -> size x size: resized whole, or with inception_crop (which needs it)
+                                 # shorter side to size/0.875 and centre-cropped (the evaluation view)
+        crop_padding=4,          # crop_flip: zero padding on each side before the random crop
+        crop_scale=(0.08, 1.0),  # inception_crop: range of the crop's area as a fraction of the image's
+        flip=True,               # crop_flip / inception_crop: random horizontal flips (false for digits, text)
         num_threads=4,           # grain threads reading and batching on the host
         prefetch=8,              # batches read ahead of the step
     ))
@@ -51,9 +58,11 @@ def defaults() -> ml_collections.ConfigDict:
         momentum=0.0,            # sgd only
         nesterov=False,
         b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.0,        # decoupled for adamw, added to the gradient for sgd/adam
+        weight_decay=0.0,        # decoupled for adamw, added to the gradient for sgd/adam; on `kernel`
+                                 # leaves only (biases and BatchNorm scales/offsets do not decay)
         schedule="constant",     # constant | cosine (warmup then cosine decay to min_lr_ratio * lr)
         warmup_steps=0,
+        warmup_epochs=None,      # warmup in epochs instead (converted to steps with the run's steps per epoch)
         min_lr_ratio=0.0,
         clip_norm=None,          # clip the global gradient norm to this value
     ))
@@ -66,6 +75,9 @@ def defaults() -> ml_collections.ConfigDict:
         checkpoint_every=None,   # steps between checkpoints; None: once per epoch
         keep=3,                  # checkpoints kept
         steps_per_call=None,     # steps per jitted call; None: up to log_every
+        label_smoothing=0.0,     # training loss targets: (1 - x) one-hot + x / classes
+        mixup_alpha=0.0,         # > 0: mix each batch with its reverse, weight ~ Beta(alpha, alpha), in the step
+        on_nonfinite="stop",     # stop | skip: a non-finite loss or gradient stops the run, or the step is skipped
     ))
     c.init_from = None           # fine-tuning: a pretrained run's workdir or one of its checkpoint step dirs
     c.init_step = None           # with a workdir in init_from: which step (default: latest)
@@ -202,9 +214,8 @@ def validate(config) -> ml_collections.ConfigDict:
     return apply_overrides(base, given)
 
 
-def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
-    """Loads `path/to/recipe.py[:preset]`, applies overrides and validates."""
-    path, _, preset = spec.partition(":")
+def import_config_module(path: str):
+    """Imports a recipe file as a module; a missing or broken file is a ConfigError."""
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist: pass --config=configs/NAME.py (see configs/).")
     name = "ptft_config_" + os.path.splitext(os.path.basename(path))[0]
@@ -214,6 +225,13 @@ def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
         spec_.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any failure in user code is reported as one sentence
         raise ConfigError(f"Config file {path!r} failed to import ({type(e).__name__}: {e}); fix the file.") from e
+    return module
+
+
+def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
+    """Loads `path/to/recipe.py[:preset]`, applies overrides and validates."""
+    path, _, preset = spec.partition(":")
+    module = import_config_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"Config file {path!r} has no get_config() function; define one returning a ConfigDict.")
     try:

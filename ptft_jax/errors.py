@@ -15,3 +15,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     pass
+
+
+class Diverged(UserError):
+    """The loss or a gradient became non-finite."""
+
+
+class Interrupted(UserError):
+    """SIGTERM or SIGINT: a checkpoint was saved; rerun to resume."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.signum = signum

@@ -14,10 +14,28 @@ def is_main() -> bool:
 
 
 class MetricsFile:
-    """One JSON object a line: {"step": int, "split": "train"|"test", ...}. Written by process 0 only."""
+    """One JSON object a line: {"step": int, "split": "train"|"test", ...}, mirrored to TensorBoard event files in
+    WORKDIR/tb (tags `train/loss`, `test/accuracy`, ...). Written by process 0 only."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tensorboard: bool = True):
         self.path = path
+        self.tensorboard = tensorboard
+        self._tb = None
+
+    def _writer(self):
+        if self._tb is None and self.tensorboard:
+            try:
+                from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+            except ImportError:  # a trimmed environment: metrics.jsonl still has everything
+                self.tensorboard = False
+                return None
+            self._tb = SummaryWriter(os.path.join(os.path.dirname(self.path), "tb"), flush_secs=10)
+        return self._tb
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def truncate_after(self, step: int):
         """Drops lines past `step` (written after the checkpoint a run resumes from)."""
@@ -35,6 +53,11 @@ class MetricsFile:
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        writer = self._writer()
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("step", "split"):
+                    writer.add_scalar(f"{split}/{k}", v, int(step))
 
     def read(self) -> list[dict]:
         if not os.path.exists(self.path):
@@ -86,3 +109,62 @@ def _fmt(seconds: float) -> str:
         return "?"
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def params_by_module(params) -> str:
+    """'dense_0 200,960 | dense_1 32,896 | head 1,290'."""
+    parts = []
+    for name, sub in params.items():
+        parts.append(f"{name} {sum(int(x.size) for x in jax.tree.leaves(sub)):,}")
+    return " | ".join(parts)
+
+
+def plot_curves(metrics_path: str, png_path: str) -> str | None:
+    """Loss and accuracy against step, train and test, as a PNG (headless matplotlib)."""
+    if not is_main():
+        return None
+    rows = MetricsFile(metrics_path, tensorboard=False).read()
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    if not rows:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("test", "o-")):
+            pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(metrics_path))))
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def plot_sweep(workdir: str, members, png_path: str) -> str | None:
+    """Test accuracy against step for every member of a sweep, in one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name in members:
+        rows = MetricsFile(os.path.join(workdir, name, "metrics.jsonl"), tensorboard=False).read()
+        pts = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "test" and "accuracy" in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=name, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

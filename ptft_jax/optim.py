@@ -9,24 +9,35 @@ import optax
 from ptft_jax.errors import ConfigError
 
 
-def schedule(cfg, total_steps: int):
+def warmup_steps(cfg, steps_per_epoch: int | None = None) -> int:
+    """optim.warmup_steps, or optim.warmup_epochs converted to steps (the one place that converts it)."""
+    if cfg.get("warmup_epochs"):
+        if not steps_per_epoch:
+            raise ConfigError("optim.warmup_epochs needs the steps per epoch; set optim.warmup_steps instead.")
+        return int(round(cfg.warmup_epochs * steps_per_epoch))
+    return int(cfg.warmup_steps)
+
+
+def schedule(cfg, total_steps: int, steps_per_epoch: int | None = None):
+    warmup = warmup_steps(cfg, steps_per_epoch)
     if cfg.schedule == "constant":
-        if cfg.warmup_steps:
+        if warmup:
             return optax.join_schedules(
-                [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
-                [cfg.warmup_steps])
+                [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)],
+                [warmup])
         return cfg.lr
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if cfg.warmup_steps else cfg.lr, peak_value=cfg.lr,
-            warmup_steps=cfg.warmup_steps, decay_steps=max(total_steps, cfg.warmup_steps + 1),
+            init_value=0.0 if warmup else cfg.lr, peak_value=cfg.lr,
+            warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
             end_value=cfg.lr * cfg.min_lr_ratio)
     raise ConfigError(f"optim.schedule {cfg.schedule!r} is not one of: constant, cosine.")
 
 
-def build(cfg, total_steps: int, finetune=None, params=None) -> optax.GradientTransformation:
+def build(cfg, total_steps: int, finetune=None, params=None,
+          steps_per_epoch: int | None = None) -> optax.GradientTransformation:
     """The optimiser of `config.optim`, shaped by `config.finetune` when params are given."""
-    tx = base(cfg, total_steps)
+    tx = base(cfg, total_steps, steps_per_epoch)
     if finetune is None or params is None:
         return tx
     mults = path_multipliers(params, finetune)
@@ -92,23 +103,29 @@ def _scale_by_tree(mults) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params=None: jax.tree.map(lambda m, u: m * u, mults, updates))
 
 
-def base(cfg, total_steps: int) -> optax.GradientTransformation:
-    """SGD (momentum, nesterov), Adam or AdamW, with optional clipping and weight decay."""
-    lr = schedule(cfg, total_steps)
+def decay_mask(params):
+    """Weight decay applies to `kernel` leaves only: biases and BatchNorm scales/offsets do not decay."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: _path(p).rsplit("/", 1)[-1] == "kernel", params)
+
+
+def base(cfg, total_steps: int, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+    """SGD (momentum, nesterov), Adam or AdamW, with optional clipping and weight decay (kernels only)."""
+    lr = schedule(cfg, total_steps, steps_per_epoch)
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     name = cfg.name
     if name == "sgd":
         if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
         parts.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
     elif name == "adam":
         if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
         parts.append(optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
     elif name == "adamw":
-        parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+        parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 mask=decay_mask))
     else:
         raise ConfigError(f"optim.name {name!r} is not one of: sgd, adam, adamw.")
     if cfg.lr <= 0:

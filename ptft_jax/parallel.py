@@ -70,3 +70,39 @@ class Parallel:
         d = jax.devices()[0]
         return (f"{self.num_devices} {d.platform} device(s) ({d.device_kind}) in {self.process_count} process(es); "
                 f"mesh data={self.num_devices}")
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a request the loop honours at the end of its current call, on every process."""
+
+    def __init__(self):
+        import signal
+        import threading
+        self.signum = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+        return signal.Signals(self.signum).name if self.signum else "a stop request"
+
+    def requested(self) -> bool:
+        """True on every process when any process got a signal (processes agree, so all save together)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        self.signum = self.signum or (int(np.max(flags)) or None)
+        return self.signum is not None
+
+    def restore(self):
+        import signal
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

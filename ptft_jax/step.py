@@ -36,24 +36,43 @@ def forward(model, params, model_state, x, train: bool, rng=None):
     return model.apply(variables, x, train=train, rngs=rngs).astype(jnp.float32), model_state
 
 
-def make_train_step(model, tx: optax.GradientTransformation, mean, std, seed: int) -> Callable:
+def make_train_step(model, tx: optax.GradientTransformation, mean, std, seed: int,
+                    label_smoothing: float = 0.0, mixup_alpha: float = 0.0) -> Callable:
+    """One step. `label_smoothing`: targets (1 - x) one-hot + x / classes. `mixup_alpha` > 0: the batch is mixed
+    with its reverse, images and targets, by a weight ~ Beta(alpha, alpha) drawn from the step's key."""
     base_key = jax.random.key(seed)
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
         x = preprocess(batch["image"], mean, std)
         labels = batch["label"]
+        lam = None
+        if mixup_alpha:
+            lam = jax.random.beta(jax.random.fold_in(rng, 1), mixup_alpha, mixup_alpha)
+            x = lam * x + (1.0 - lam) * x[::-1]
 
         def loss_fn(params):
             logits, new_model_state = forward(model, params, state.model_state, x, True, rng)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            if not label_smoothing and lam is None:
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            else:
+                targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+                if lam is not None:
+                    targets = lam * targets + (1.0 - lam) * targets[::-1]
+                loss = optax.softmax_cross_entropy(logits, targets).mean()
             return loss, (logits, new_model_state)
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
-        return TrainState(state.step + 1, params, opt_state, new_model_state), metrics
+        # A non-finite loss or gradient leaves the state as it was (the loop stops or counts it, by config).
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+                   "nonfinite": (~finite).astype(jnp.int32)}
+        new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
+                               keep(new_model_state, state.model_state))
+        return new_state, metrics
 
     return train_step
 

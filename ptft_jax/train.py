@@ -13,10 +13,10 @@ import numpy as np
 from ptft_jax import data as data_lib
 from ptft_jax import models, optim
 from ptft_jax.checkpoint import Checkpoints
-from ptft_jax.config import to_json, validate
-from ptft_jax.errors import CheckpointError, ConfigError
-from ptft_jax.metrics import Console, MetricsFile, is_main
-from ptft_jax.parallel import Parallel
+from ptft_jax.config import defaults, to_json, validate
+from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
+from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
+from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
@@ -50,8 +50,13 @@ def setup(config, workdir: str, log=print) -> Run:
         raise ConfigError(f"Cannot create the workdir {workdir} ({e.strerror}); choose a writable --workdir.") from e
     if not os.access(workdir, os.W_OK):
         raise ConfigError(f"The workdir {workdir} is not writable; choose a writable --workdir.")
-    par = Parallel()
     d, t = config.data, config.train
+    for key, value, allowed in (("train.on_nonfinite", t.on_nonfinite, ("stop", "skip")),
+                                ("data.in_memory", str(d.in_memory).lower(), ("auto", "true", "false")),
+                                ("data.device_resident", str(d.device_resident).lower(), ("auto", "true", "false"))):
+        if value not in allowed:
+            raise ConfigError(f"{key} is {value!r}; use one of: {', '.join(allowed)}.")
+    par = Parallel()
     par.check_batch(d.batch_size)
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
     ds = data_lib.load(d, log=log)
@@ -62,7 +67,7 @@ def setup(config, workdir: str, log=print) -> Run:
     if total <= 0:
         raise ConfigError("train.steps / train.epochs give no training steps; set a positive duration.")
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *ds.image_shape))))["params"]
-    tx = optim.build(config.optim, total, config.finetune, params_shape)
+    tx = optim.build(config.optim, total, config.finetune, params_shape, steps_per_epoch=steps_per_epoch)
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     return Run(config, workdir, par, ds, model, tx, order, total, steps_per_epoch, ckpt,
                MetricsFile(os.path.join(workdir, "metrics.jsonl")))
@@ -76,11 +81,14 @@ def _check_same_run(config, workdir):
     with open(path) as f:
         old = _flatten(json.load(f))
     new = _flatten(json.loads(to_json(config)))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    # Keys the old run did not have (added to ptft_jax since) count as unchanged when they hold their default.
+    base = _flatten(json.loads(to_json(validate(defaults()))))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k, base.get(k)) != new.get(k)
+                  and k not in RESUMABLE_CHANGES)
     if diff:
         raise CheckpointError(
             f"The workdir {workdir} holds a run with a different config ({', '.join(diff[:5])} differ); "
-            f"use a new --workdir to start another run.")
+            f"use a new --workdir to start another run, or --allow_config_change to resume with the new config.")
 
 
 def init_state(run: Run) -> TrainState:
@@ -98,13 +106,27 @@ def init_state(run: Run) -> TrainState:
 
 
 def restore_or_init(run: Run, log=print) -> TrainState:
+    """Resumes from the newest checkpoint that restores (damaged newer ones are set aside), else grafts from
+    `init_from`, else starts fresh."""
     state = init_state(run)
-    latest = run.ckpt.latest_step()
-    if latest is not None:
-        log(f"resuming from {run.ckpt.directory}/{latest}")
-        state = run.ckpt.restore(latest, state)
-        run.metrics.truncate_after(latest)
-    elif run.config.init_from:
+    steps = sorted(run.ckpt.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+        try:
+            restored = run.ckpt.restore(step, state)
+        except CheckpointError as e:
+            failed.append((step, e))
+            continue
+        for bad, e in failed:  # newer checkpoints that did not restore while an older one did: damaged
+            moved = run.ckpt.set_aside(bad)
+            log(f"warning: checkpoint step {bad} is damaged ({str(e.__cause__ or e)[:200]}); moved it to {moved}")
+        log(f"resuming from {run.ckpt.directory}/{step}")
+        run.metrics.truncate_after(step)
+        return restored
+    if failed:
+        raise failed[0][1]
+    run.metrics.truncate_after(0)  # lines of an attempt killed before its first checkpoint
+    if run.config.init_from:
         from ptft_jax.graft import graft_into_state
         state = graft_into_state(run, state, log=log)
     return state
@@ -127,6 +149,8 @@ def evaluate_state(run: Run, state, eval_step=None) -> dict:
 
 
 def _use_resident(run: Run) -> bool:
+    if run.config.data.augment:
+        return False  # augmentation runs in the host pipeline only
     mode = str(run.config.data.device_resident).lower()
     arrays = run.ds.train.arrays
     if mode == "false" or arrays is None:
@@ -156,11 +180,17 @@ def _next_boundary(step: int, every: int | None, total: int) -> int:
     return min(total, (step // every + 1) * every)
 
 
-def train(config, workdir: str, log=print) -> dict:
-    """Trains (pretraining or fine-tuning, by config) and returns the final test metrics."""
+def train(config, workdir: str, log=print, allow_config_change: bool = False) -> dict:
+    """Trains (pretraining or fine-tuning, by config) and returns the final test metrics.
+
+    Rerunning with the same workdir resumes from the latest checkpoint; a workdir holding a run of another config is
+    refused unless `allow_config_change`. SIGTERM/SIGINT save a checkpoint and raise `Interrupted`.
+    """
+    log = log if is_main() else (lambda *_: None)
     run = setup(config, workdir, log=log)
     cfg, t, par = run.config, run.config.train, run.par
-    _check_same_run(cfg, run.workdir)
+    if not allow_config_change:
+        _check_same_run(cfg, run.workdir)
     state = restore_or_init(run, log=log)
     if is_main():
         from ptft_jax.predict import data_info
@@ -170,7 +200,7 @@ def train(config, workdir: str, log=print) -> dict:
             json.dump(data_info(run.ds), f, indent=2)
     start = int(state.step)
     nparams = models.count_params(state.params)
-    log(f"model {cfg.model.name}: {nparams:,} params | data {run.ds.name}: {len(run.ds.train)} train, "
+    log(f"model {cfg.model.name}: {nparams:,} params ({params_by_module(state.params)}) | data {run.ds.name}: {len(run.ds.train)} train, "
         f"{len(run.ds.test)} test | {par.describe()} | {run.total_steps} steps "
         f"({run.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | checkpoints in {run.ckpt.directory}")
     if start >= run.total_steps:
@@ -180,17 +210,18 @@ def train(config, workdir: str, log=print) -> dict:
         run.ckpt.close()
         return result
 
-    train_step = make_train_step(run.model, run.tx, run.ds.mean, run.ds.std, t.seed)
+    train_step = make_train_step(run.model, run.tx, run.ds.mean, run.ds.std, t.seed, t.label_smoothing, t.mixup_alpha)
     host_chunk, resident_chunk = make_chunk_fns(train_step, par)
     eval_step = make_eval_step(run.model, run.ds.mean, run.ds.std, par)
     resident = _use_resident(run)
+    rows = par.local_rows(cfg.data.batch_size)
     if resident:
         device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
         batches = None
     else:
-        rows = par.local_rows(cfg.data.batch_size)
         batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
-                                        cfg.data.num_threads, cfg.data.prefetch)
+                                        cfg.data.num_threads, cfg.data.prefetch,
+                                        augment=data_lib.train_augment(cfg.data, t.seed))
     log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
 
     spe = run.steps_per_epoch
@@ -199,8 +230,9 @@ def train(config, workdir: str, log=print) -> dict:
     per_call = t.steps_per_call or t.log_every
     console = Console(run.total_steps, start)
     step, last_log_step, last_log_time = start, start, time.perf_counter()
-    pending = []
+    pending, skipped = [], 0
     t_start = time.perf_counter()
+    stopper = StopRequest()
     try:
         while step < run.total_steps:
             stop = min(step + per_call, _next_boundary(step, t.log_every, run.total_steps),
@@ -208,7 +240,7 @@ def train(config, workdir: str, log=print) -> dict:
                        _next_boundary(step, ckpt_every, run.total_steps))
             for k in _call_sizes(stop - step, per_call):
                 if resident:
-                    idx = par.global_array(run.order.chunk(step, k), par.chunk, batch_axis=1)
+                    idx = par.global_array(run.order.chunk(step, k)[:, rows], par.chunk, batch_axis=1)
                     state, m = resident_chunk(state, device_data, idx)
                 else:
                     local = [next(batches) for _ in range(k)]
@@ -217,17 +249,31 @@ def train(config, workdir: str, log=print) -> dict:
                     state, m = host_chunk(state, chunk)
                 if par.sync_each_call:
                     jax.block_until_ready(m)
+                if t.on_nonfinite == "stop":
+                    bad = np.asarray(jax.device_get(m["nonfinite"]))
+                    if bad.any():
+                        at = step + int(np.argmax(bad)) + 1
+                        raise Diverged(f"The loss or gradient became non-finite at step {at}; the run stopped "
+                                       f"without saving that state (the last checkpoint is intact): lower optim.lr, "
+                                       f"set optim.clip_norm, or set train.on_nonfinite=skip to skip such steps.")
                 pending.append(m)
                 step += k
+            if stopper.requested():
+                run.ckpt.save(step, state, force=True)
+                run.ckpt.wait()
+                console.close()
+                raise Interrupted(f"Stopped by {stopper.signal_name} at step {step}; a checkpoint was saved in "
+                                  f"{run.ckpt.directory}: rerun the same command to resume.", stopper.signum)
             if step % t.log_every == 0 or step == run.total_steps:
                 ms = jax.device_get(pending)
                 pending = []
                 loss = float(np.mean(np.concatenate([x["loss"] for x in ms])))
                 acc = float(np.mean(np.concatenate([x["accuracy"] for x in ms])))
+                skipped += int(np.sum(np.concatenate([x["nonfinite"] for x in ms])))
                 now = time.perf_counter()
                 rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 last_log_step, last_log_time = step, now
-                run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate)
+                run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate, skipped_steps=skipped)
                 console.update(step, rate, loss=loss, acc=acc)
             if step % eval_every == 0 and step < run.total_steps:
                 ev = evaluate_state(run, state, eval_step)
@@ -240,8 +286,11 @@ def train(config, workdir: str, log=print) -> dict:
         run.metrics.write(step, "test", loss=ev["loss"], accuracy=ev["accuracy"])
         run.ckpt.wait()
     finally:
+        stopper.restore()
         console.close()
         run.ckpt.close()
+        run.metrics.close()
+        plot_curves(run.metrics.path, os.path.join(run.workdir, "curves.png"))
     elapsed = time.perf_counter() - t_start
     log(f"done: step {step} | test accuracy {ev['accuracy']:.4f} | test loss {ev['loss']:.4f} | "
         f"{(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | {run.workdir}")

@@ -65,8 +65,8 @@ def step(batch_size=256, steps=50, repeats=7, lr=0.01, hidden=(256, 128), seed=0
         run()
         times.append(time.perf_counter() - t0)
     per_call = statistics.median(times)
-    return {"steps_per_s": steps / per_call, "first_call_s": first, "steady_call_s": per_call,
-            "peak_bytes": _peak(device)}
+    return {"impl": "torch eager, fixed batch", "steps_per_s": steps / per_call, "first_call_s": first,
+            "steady_call_s": per_call, "peak_bytes": _peak(device)}
 
 
 def loop(x, y, x_test, y_test, epochs=10, batch_size=256, eval_batch_size=500, lr=0.01, hidden=(256, 128),
@@ -111,5 +111,5 @@ def loop(x, y, x_test, y_test, epochs=10, batch_size=256, eval_batch_size=500, l
         epoch_times.append(time.perf_counter() - t0)
         steps.append(n)
     later = slice(1, None) if epochs > 1 else slice(None)
-    return {"steps_per_s": sum(steps[later]) / sum(epoch_times[later]), "epoch_s": epoch_times,
-            "steps": sum(steps), "test_accuracy": accuracy, "peak_bytes": _peak(device)}
+    return {"impl": "torch DataLoader loop", "steps_per_s": sum(steps[later]) / sum(epoch_times[later]),
+            "epoch_s": epoch_times, "steps": sum(steps), "test_accuracy": accuracy, "peak_bytes": _peak(device)}

@@ -1,20 +1,27 @@
 """Data: sources (embedded, TFDS), the epoch order, host and device pipelines."""
 from __future__ import annotations
 
+from ptft_jax.data.augment import train_augment
 from ptft_jax.data.pipeline import EpochOrder, eval_batches, host_batches, select
 from ptft_jax.data.sources import Dataset, Split, get_source
+from ptft_jax.errors import DataError
 
-__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select"]
+__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment"]
 
 
 def load(cfg, log=print) -> Dataset:
     """The dataset named by `cfg.source`, with class selection and in-memory loading applied."""
     ds = get_source(cfg)
+    if cfg.image_size:
+        from ptft_jax.data.augment import sized
+        ds = sized(ds, cfg)
     mode = str(cfg.in_memory).lower()
     needs_arrays = cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None
     for name in ("train", "test"):
         split = getattr(ds, name)
-        if split.arrays is None:
+        # inception_crop crops the full-size training images, so that split stays as records unless it must not.
+        keep_raw = name == "train" and cfg.augment == "inception_crop" and not needs_arrays
+        if split.arrays is None and not keep_raw:
             nbytes = split.size * _example_bytes(split)
             if mode == "true" or needs_arrays or (mode == "auto" and nbytes < 4 << 30):
                 split = split.load_all(log=lambda m: log(f"{ds.name}/{name}: {m}"))
@@ -29,6 +36,11 @@ def load(cfg, log=print) -> Dataset:
         ds.mean = tuple(cfg.mean)
     if cfg.std is not None:
         ds.std = tuple(cfg.std)
+    channels = ds.image_shape[-1]
+    for key in ("mean", "std"):
+        if len(getattr(ds, key)) not in (1, channels):
+            raise DataError(f"data.{key} has {len(getattr(ds, key))} values but the {ds.name} images have {channels} "
+                            f"channel(s); give one value per channel.")
     return ds
 
 

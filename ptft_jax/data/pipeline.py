@@ -76,19 +76,22 @@ def select(split: Split, classes=None, label_map=None, per_class=None) -> Split:
 
 
 class _StepBatch(grain.transforms.Map):
-    """step -> this process's rows of that step's global batch."""
+    """step -> this process's rows of that step's global batch (augmented by `augment`, see augment.py)."""
 
-    def __init__(self, split: Split, order: EpochOrder, rows: slice):
-        self.split, self.order, self.rows = split, order, rows
+    def __init__(self, split: Split, order: EpochOrder, rows: slice, augment=None):
+        self.split, self.order, self.rows, self.augment = split, order, rows, augment
 
     def map(self, step):
-        return self.split.take(self.order.indices(int(step))[self.rows])
+        indices = self.order.indices(int(step))
+        if self.augment is not None:
+            return self.augment(self.split, indices, self.rows, int(step))
+        return self.split.take(indices[self.rows])
 
 
 def host_batches(split: Split, order: EpochOrder, start: int, stop: int, rows: slice,
-                 num_threads: int = 4, prefetch: int = 8):
+                 num_threads: int = 4, prefetch: int = 8, augment=None):
     """An iterator over this process's share of the batches of steps start..stop-1, read ahead on threads."""
-    ds = grain.MapDataset.range(start, stop).map(_StepBatch(split, order, rows))
+    ds = grain.MapDataset.range(start, stop).map(_StepBatch(split, order, rows, augment))
     opts = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
     return iter(ds.to_iter_dataset(opts))
 
