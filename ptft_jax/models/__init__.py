@@ -7,10 +7,12 @@ import difflib
 import jax.numpy as jnp
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models.bert import BertClassifier, BertForMLM
 from ptft_jax.models.mlp import MLP
 from ptft_jax.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101
 
-REGISTRY = {"mlp": MLP, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet101": ResNet101}
+REGISTRY = {"mlp": MLP, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet101": ResNet101,
+            "bert": BertClassifier, "bert_mlm": BertForMLM}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

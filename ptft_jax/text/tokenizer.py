@@ -1,0 +1,180 @@
+"""A BERT WordPiece tokenizer on HF `tokenizers`: train on texts or load a `vocab.txt`; encode to padded arrays.
+
+    tok = WordPieceTokenizer.train(texts, vocab_size=8000, lowercase=True)
+    tok.save(workdir)                                    # writes workdir/vocab.txt (+ tokenizer_config.json)
+    tok = WordPieceTokenizer.load(workdir)               # or a directory/file holding a BERT vocab.txt
+    batch = tok.encode(["a sentence", ...], max_len=128)             # single sentences
+    batch = tok.encode(["first", ...], ["second", ...], max_len=128)  # pairs: [CLS] A [SEP] B [SEP]
+    # batch = {"input_ids", "token_type_ids", "attention_mask"}: int32 [N, max_len], padded with [PAD]
+
+The vocabulary starts with [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0..4) when trained here; a loaded vocab.txt keeps
+its own ids (the published BERT vocabularies have [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ptft_jax.errors import ConfigError, DataError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+VOCAB_FILE = "vocab.txt"
+CONFIG_FILE = "tokenizer_config.json"
+
+
+def _build(vocab: dict | None, lowercase: bool):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100) if vocab is not None else \
+        models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+class WordPieceTokenizer:
+    """BERT tokenisation (BertNormalizer + BertPreTokenizer + WordPiece) with [CLS]/[SEP] templates."""
+
+    def __init__(self, tokenizer, lowercase: bool = True):
+        from tokenizers import processors
+        self.lowercase = lowercase
+        self._tok = tokenizer
+        for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
+            if tokenizer.token_to_id(t) is None:
+                raise DataError(f"the vocabulary lacks the special token {t}; a BERT vocab.txt needs all of "
+                                f"{', '.join(SPECIAL_TOKENS)}.")
+        cls, sep = self.cls_id, self.sep_id
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 30522, lowercase: bool = True,
+              min_frequency: int = 2, limit_alphabet: int = 1000) -> "WordPieceTokenizer":
+        """Learns a WordPiece vocabulary of at most `vocab_size` tokens (special tokens first) from `texts`."""
+        from tokenizers import trainers
+        if vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise ConfigError(f"vocab_size {vocab_size} is too small; it must exceed the {len(SPECIAL_TOKENS)} "
+                              f"special tokens.")
+        tok = _build(None, lowercase)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=list(SPECIAL_TOKENS), limit_alphabet=limit_alphabet,
+                                            continuing_subword_prefix="##", show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok, lowercase)
+
+    @classmethod
+    def from_vocab(cls, vocab_file: str, lowercase: bool = True) -> "WordPieceTokenizer":
+        """A BERT vocab.txt (one token a line; the line number is the id)."""
+        if not os.path.isfile(vocab_file):
+            raise DataError(f"{vocab_file} does not exist; give a BERT vocab.txt or a directory holding one.")
+        with open(vocab_file, encoding="utf-8") as f:
+            tokens = [line.rstrip("\n") for line in f]
+        while tokens and tokens[-1] == "":
+            tokens.pop()
+        vocab = {}
+        for i, t in enumerate(tokens):
+            vocab.setdefault(t, i)
+        return cls(_build(vocab, lowercase), lowercase)
+
+    @classmethod
+    def load(cls, path: str, lowercase: bool | None = None) -> "WordPieceTokenizer":
+        """From a directory written by `save` (or holding a vocab.txt), or a vocab.txt itself."""
+        vocab_file = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else path
+        if lowercase is None:
+            conf = os.path.join(os.path.dirname(vocab_file), CONFIG_FILE)
+            lowercase = True
+            if os.path.isfile(conf):
+                with open(conf, encoding="utf-8") as f:
+                    lowercase = bool(json.load(f).get("do_lower_case", True))
+        return cls.from_vocab(vocab_file, lowercase)
+
+    def save(self, directory: str) -> str:
+        """Writes directory/vocab.txt (ids in order) and tokenizer_config.json; returns the vocab.txt path."""
+        os.makedirs(directory, exist_ok=True)
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise DataError("the vocabulary ids are not contiguous 0..V-1; it cannot be saved as a vocab.txt.")
+        path = os.path.join(directory, VOCAB_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(t + "\n" for t, _ in by_id)
+        os.replace(tmp, path)
+        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump({"do_lower_case": self.lowercase, "vocab_size": len(by_id), "model": "WordPiece"}, f, indent=1)
+        return path
+
+    # ---- vocabulary -----------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
+
+    pad_id = property(lambda self: self._tok.token_to_id("[PAD]"))
+    unk_id = property(lambda self: self._tok.token_to_id("[UNK]"))
+    cls_id = property(lambda self: self._tok.token_to_id("[CLS]"))
+    sep_id = property(lambda self: self._tok.token_to_id("[SEP]"))
+    mask_id = property(lambda self: self._tok.token_to_id("[MASK]"))
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return tuple(self._tok.token_to_id(t) for t in SPECIAL_TOKENS)
+
+    def continuation_mask(self) -> np.ndarray:
+        """bool [V]: True for WordPiece continuation tokens (`##...`), for whole-word masking."""
+        out = np.zeros(self.vocab_size, bool)
+        for t, i in self._tok.get_vocab(with_added_tokens=True).items():
+            out[i] = t.startswith("##")
+        return out
+
+    # ---- encoding -------------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` without [CLS]/[SEP] (for packing documents)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None,
+               max_len: int = 128) -> dict[str, np.ndarray]:
+        """Padded int32 [N, max_len] input_ids, token_type_ids and attention_mask; long inputs are truncated
+        (pairs: the longer segment first) so that [CLS] and the [SEP]s always remain."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if pairs is not None:
+            pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+            if len(pairs) != len(texts):
+                raise DataError(f"{len(texts)} first segments but {len(pairs)} second segments.")
+        if max_len < (5 if pairs is not None else 3):
+            raise ConfigError(f"max_len {max_len} leaves no room for tokens after [CLS]/[SEP].")
+        self._tok.enable_truncation(max_length=max_len, strategy="longest_first")
+        self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token="[PAD]", pad_type_id=0)
+        try:
+            enc = self._tok.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
+        finally:
+            self._tok.no_truncation()
+            self._tok.no_padding()
+        out = {"input_ids": np.array([e.ids for e in enc], np.int32).reshape(len(texts), max_len),
+               "token_type_ids": np.array([e.type_ids for e in enc], np.int32).reshape(len(texts), max_len),
+               "attention_mask": np.array([e.attention_mask for e in enc], np.int32).reshape(len(texts), max_len)}
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def normalize(self, text: str) -> str:
+        """The text as the tokenizer sees it (cleaned, lower-cased when configured)."""
+        return self._tok.normalizer.normalize_str(text)
