@@ -26,7 +26,8 @@ def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict({"name": "mlp"})  # other keys: the model's fields (see models/)
     c.data = ml_collections.ConfigDict(dict(
-        source="mnist5k",        # mnist5k | digits | tfds:NAME  (npz:PATH, folder:PATH, csv:PATH come with fine-tuning)
+        source="mnist5k",        # images: mnist5k | digits | tfds:NAME | npz:PATH | folder:PATH[@HxW]
+                                 # text (BERT): pydocs | pydocs_mlm | csv:PATH | jsonl:PATH (see data/text.py)
         data_dir=None,           # TFDS data_dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets
         batch_size=128,          # global batch, split over every device of every process
         eval_batch_size=500,
@@ -49,6 +50,11 @@ def defaults() -> ml_collections.ConfigDict:
         crop_padding=4,          # crop_flip: zero padding on each side before the random crop
         crop_scale=(0.08, 1.0),  # inception_crop: range of the crop's area as a fraction of the image's
         flip=True,               # crop_flip / inception_crop: random horizontal flips (false for digits, text)
+        vocab_size=8000,         # text: size of the WordPiece vocabulary trained on a fresh run's training texts
+        max_len=128,             # text: tokens per sequence ([CLS] ... [SEP], padded; masked-LM: packed)
+        lowercase=True,          # text: lower-case before WordPiece (a trained or data.vocab vocabulary)
+        vocab=None,              # text: a BERT vocab.txt (or a folder holding one) instead of training one;
+                                 # a run with init_from reuses that run's WORKDIR/tokenizer/ without it
         num_threads=4,           # grain threads reading and batching on the host
         prefetch=8,              # batches read ahead of the step
     ))

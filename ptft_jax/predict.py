@@ -13,10 +13,15 @@ from ptft_jax.errors import CheckpointError, DataError
 
 
 def data_info(ds) -> dict:
-    """What predict needs to know about the training data; written to WORKDIR/data.json."""
-    return {"name": ds.name, "num_classes": ds.num_classes, "image_shape": list(ds.image_shape),
-            "mean": list(ds.mean), "std": list(ds.std),
+    """What predict needs to know about the training data; written to WORKDIR/data.json. Text runs add the
+    tokenizer (tokenizer_dir in the workdir, tokenizer_source: where it came from), max_len and vocab_size."""
+    shape = ds.image_shape
+    info = {"name": ds.name, "task": getattr(ds, "task", "classify_image"), "num_classes": ds.num_classes,
+            "image_shape": list(shape) if shape is not None else None, "mean": list(ds.mean), "std": list(ds.std),
             "class_names": list(getattr(ds, "class_names", None) or []) or None}
+    if getattr(ds, "text", None):
+        info.update(ds.text)
+    return info
 
 
 def read_inputs(path: str, image_shape) -> np.ndarray:
@@ -51,8 +56,9 @@ def read_inputs(path: str, image_shape) -> np.ndarray:
 
 def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
     """Probabilities [N, num_classes] for `inputs` (uint8 images [N,H,W,C] or [H,W,C], floats in [0,1], or a
-    path accepted by `read_inputs`) from the run in `workdir` (its latest checkpoint unless `step`)."""
-    from ptft_jax.checkpoint import Checkpoints
+    path accepted by `read_inputs`; for a text classifier a string, a list of strings, or the path of a UTF-8 file
+    holding one text a line) from the run in
+    `workdir` (its latest checkpoint unless `step`)."""
     from ptft_jax.step import make_predict_fn
     info_path, config_path = os.path.join(workdir, "data.json"), os.path.join(workdir, "config.json")
     if not (os.path.exists(info_path) and os.path.exists(config_path)):
@@ -61,6 +67,23 @@ def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
         info = json.load(f)
     with open(config_path) as f:
         config = json.load(f)
+    task = info.get("task", "classify_image")
+    if task == "mlm":
+        raise DataError(f"{workdir} is a masked-LM pretraining run, which has no classes to predict; fine-tune it "
+                        f"into a classifier (init_from) and predict with that run.")
+    if task == "classify_text":
+        from ptft_jax.text.tokenizer import WordPieceTokenizer
+        if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and os.path.isfile(inputs)):
+            with open(inputs, encoding="utf-8") as f:  # a text file: one text a line
+                texts = [line.rstrip("\n") for line in f if line.strip()]
+        else:
+            texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+        tok = WordPieceTokenizer.load(info["tokenizer_dir"])
+        x = {k: jnp.asarray(v) for k, v in tok.encode(texts, max_len=int(info["max_len"])).items()}
+        raw = _restore(workdir, step)
+        model = models.build(config["model"], info["num_classes"], vocab_size=info["vocab_size"])
+        probs = make_predict_fn(model, (), (), task)(raw["params"], raw.get("model_state") or {}, x)
+        return np.asarray(jax.device_get(probs))
     shape = tuple(info["image_shape"])
     x = read_inputs(inputs, shape) if isinstance(inputs, (str, os.PathLike)) else np.asarray(inputs)
     if x.ndim == len(shape):
@@ -70,15 +93,20 @@ def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
     x = x.reshape((-1, *shape)) if x[0].size == int(np.prod(shape)) else x
     if tuple(x.shape[1:]) != shape:
         raise DataError(f"Inputs have shape {tuple(x.shape[1:])} but the model was trained on {shape}.")
+    raw = _restore(workdir, step)
+    model = models.build(config["model"], info["num_classes"])
+    fn = make_predict_fn(model, tuple(info["mean"]), tuple(info["std"]))
+    probs = fn(raw["params"], raw.get("model_state") or {}, jnp.asarray(x.astype(np.uint8)))
+    return np.asarray(jax.device_get(probs))
+
+
+def _restore(workdir: str, step: int | None):
+    from ptft_jax.checkpoint import Checkpoints
     ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
     try:
         step = step if step is not None else ck.latest_step()
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir}/checkpoints; train first.")
-        raw = ck.restore_raw(step)
+        return ck.restore_raw(step)
     finally:
         ck.close()
-    model = models.build(config["model"], info["num_classes"])
-    fn = make_predict_fn(model, tuple(info["mean"]), tuple(info["std"]))
-    probs = fn(raw["params"], raw.get("model_state") or {}, jnp.asarray(x.astype(np.uint8)))
-    return np.asarray(jax.device_get(probs))

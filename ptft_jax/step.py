@@ -1,7 +1,12 @@
 """The pure, jitted pieces: TrainState, one train step, a scanned chunk of steps, one eval step.
 
-Inputs arrive as uint8 images and are normalised inside the step, so the host ships a quarter of the bytes
-and the host and device-resident paths compute exactly the same thing.
+The model's name decides the task (`task_for`):
+  classify_image  batches {"image": uint8, "label"}; images are normalised inside the step, so the host ships a
+                  quarter of the bytes and the host and device-resident paths compute exactly the same thing
+  classify_text   (bert) batches {"input_ids", "token_type_ids", "attention_mask", "label"}, passed as they are
+  mlm             (bert_mlm) batches {"input_ids", "token_type_ids", "attention_mask", "masked_positions",
+                  "masked_labels", "masked_weights"}; the decoder runs at the masked positions only; loss is the
+                  weighted mean cross-entropy there (float32), accuracy the weighted fraction predicted right
 """
 from __future__ import annotations
 
@@ -21,13 +26,38 @@ class TrainState:
     model_state: Any  # mutable collections such as {"batch_stats": ...}; {} when the model has none
 
 
+TEXT_MODELS = {"bert": "classify_text", "bert_mlm": "mlm"}
+TASKS = ("classify_image", "classify_text", "mlm")
+_TEXT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def task_for(model_name) -> str:
+    return TEXT_MODELS.get(str(model_name), "classify_image")
+
+
 def preprocess(image, mean, std):
     x = image.astype(jnp.float32) * (1.0 / 255.0)
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def model_inputs(batch, task: str, mean=(), std=()):
+    """What the model is called with: normalised images, or the dict of BERT inputs."""
+    if task == "classify_image":
+        return preprocess(batch["image"], mean, std)
+    keys = _TEXT_KEYS + (("masked_positions",) if task == "mlm" else ())
+    return {k: batch[k] for k in keys}
+
+
+def _mlm_metrics(logits, batch, weights):
+    """(sum of weighted cross-entropy, sum of weighted correct) over the masked positions."""
+    labels = batch["masked_labels"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return jnp.sum(loss * weights), jnp.sum(correct * weights)
+
+
 def forward(model, params, model_state, x, train: bool, rng=None):
-    """Logits (float32) and the updated mutable collections."""
+    """Logits (float32) and the updated mutable collections. `x`: images, or the batch dict of a BERT model."""
     variables = {"params": params, **model_state}
     rngs = {"dropout": rng} if (train and rng is not None) else None
     if train and model_state:
@@ -37,22 +67,30 @@ def forward(model, params, model_state, x, train: bool, rng=None):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, mean, std, seed: int,
-                    label_smoothing: float = 0.0, mixup_alpha: float = 0.0) -> Callable:
+                    label_smoothing: float = 0.0, mixup_alpha: float = 0.0, task: str = "classify_image") -> Callable:
     """One step. `label_smoothing`: targets (1 - x) one-hot + x / classes. `mixup_alpha` > 0: the batch is mixed
-    with its reverse, images and targets, by a weight ~ Beta(alpha, alpha) drawn from the step's key."""
+    with its reverse, images and targets, by a weight ~ Beta(alpha, alpha) drawn from the step's key (images
+    only). For mlm both are unused."""
     base_key = jax.random.key(seed)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {TASKS}")
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
-        x = preprocess(batch["image"], mean, std)
-        labels = batch["label"]
+        x = model_inputs(batch, task, mean, std)
+        labels = batch.get("label")
         lam = None
-        if mixup_alpha:
+        if mixup_alpha and task == "classify_image":
             lam = jax.random.beta(jax.random.fold_in(rng, 1), mixup_alpha, mixup_alpha)
             x = lam * x + (1.0 - lam) * x[::-1]
 
         def loss_fn(params):
             logits, new_model_state = forward(model, params, state.model_state, x, True, rng)
+            if task == "mlm":
+                weights = batch["masked_weights"]
+                n = jnp.maximum(jnp.sum(weights), 1.0)
+                loss_sum, correct_sum = _mlm_metrics(logits, batch, weights)
+                return loss_sum / n, (correct_sum / n, new_model_state)
             if not label_smoothing and lam is None:
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             else:
@@ -60,15 +98,15 @@ def make_train_step(model, tx: optax.GradientTransformation, mean, std, seed: in
                 if lam is not None:
                     targets = lam * targets + (1.0 - lam) * targets[::-1]
                 loss = optax.softmax_cross_entropy(logits, targets).mean()
-            return loss, (logits, new_model_state)
+            return loss, (jnp.mean(jnp.argmax(logits, -1) == labels), new_model_state)
 
-        (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (accuracy, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite loss or gradient leaves the state as it was (the loop stops or counts it, by config).
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        metrics = {"loss": loss, "accuracy": accuracy,
                    "nonfinite": (~finite).astype(jnp.int32)}
         new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
                                keep(new_model_state, state.model_state))
@@ -97,10 +135,16 @@ def make_chunk_fns(train_step, par):
     return jax.jit(host_chunk, **shard), jax.jit(resident_chunk, **shard)
 
 
-def make_eval_step(model, mean, std, par):
+def make_eval_step(model, mean, std, par, task: str = "classify_image"):
+    """Sums over a padded batch (`mask` 0 on padding rows): loss, correct and count, count being examples, or
+    masked tokens for mlm."""
     def eval_step(state: TrainState, batch):
-        logits, _ = forward(model, state.params, state.model_state, preprocess(batch["image"], mean, std), False)
+        logits, _ = forward(model, state.params, state.model_state, model_inputs(batch, task, mean, std), False)
         mask = batch["mask"]
+        if task == "mlm":
+            weights = batch["masked_weights"] * mask[:, None]
+            loss, correct = _mlm_metrics(logits, batch, weights)
+            return {"loss": loss, "correct": correct, "count": jnp.sum(weights)}
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
@@ -108,10 +152,13 @@ def make_eval_step(model, mean, std, par):
     return jax.jit(eval_step, out_shardings=par.replicated)
 
 
-def make_predict_fn(model, mean, std):
+def make_predict_fn(model, mean, std, task: str = "classify_image"):
+    """predict(params, model_state, inputs) -> probabilities; inputs: uint8 images, or for classify_text the dict
+    of input_ids / token_type_ids / attention_mask."""
     @jax.jit
-    def predict(params, model_state, image):
-        logits, _ = forward(model, params, model_state, preprocess(image, mean, std), False)
+    def predict(params, model_state, inputs):
+        x = preprocess(inputs, mean, std) if task == "classify_image" else model_inputs(inputs, task)
+        logits, _ = forward(model, params, model_state, x, False)
         return jax.nn.softmax(logits, -1)
 
     return predict

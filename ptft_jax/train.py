@@ -17,7 +17,7 @@ from ptft_jax.config import defaults, to_json, validate
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
-from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step
+from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step, task_for
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
@@ -39,6 +39,7 @@ class Run:
     steps_per_epoch: int
     ckpt: Checkpoints
     metrics: MetricsFile
+    task: str = "classify_image"  # see step.py
 
 
 def setup(config, workdir: str, log=print) -> Run:
@@ -59,18 +60,28 @@ def setup(config, workdir: str, log=print) -> Run:
     par = Parallel()
     par.check_batch(d.batch_size)
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
-    ds = data_lib.load(d, log=log)
-    model = models.build(config.model, ds.num_classes)
+    task = task_for(config.model.name)
+    if task != "classify_image" and t.mixup_alpha:
+        raise ConfigError("train.mixup_alpha mixes images; set it to 0 for text models.")
+    ds = data_lib.load(d, log=log, task=task, workdir=workdir, init_from=config.init_from)
+    model = models.build(config.model, ds.num_classes, vocab_size=ds.text["vocab_size"] if ds.text else None)
     order = data_lib.EpochOrder(len(ds.train), d.batch_size, t.seed)
     steps_per_epoch = order.steps_per_epoch
     total = int(t.steps) if t.steps is not None else int(round(t.epochs * steps_per_epoch))
     if total <= 0:
         raise ConfigError("train.steps / train.epochs give no training steps; set a positive duration.")
-    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *ds.image_shape))))["params"]
+    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_input(ds)))["params"]
     tx = optim.build(config.optim, total, config.finetune, params_shape, steps_per_epoch=steps_per_epoch)
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     return Run(config, workdir, par, ds, model, tx, order, total, steps_per_epoch, ckpt,
-               MetricsFile(os.path.join(workdir, "metrics.jsonl")))
+               MetricsFile(os.path.join(workdir, "metrics.jsonl")), task)
+
+
+def dummy_input(ds):
+    """A one-example model input for init: a zero image, or the text dataset's example batch."""
+    if ds.example is not None:
+        return {k: jnp.asarray(v) for k, v in ds.example.items()}
+    return jnp.zeros((1, *ds.image_shape), jnp.float32)
 
 
 def _check_same_run(config, workdir):
@@ -93,7 +104,7 @@ def _check_same_run(config, workdir):
 
 def init_state(run: Run) -> TrainState:
     """A fresh state: params from the seed, optimiser state from the params, all replicated."""
-    x = jnp.zeros((1, *run.ds.image_shape), jnp.float32)
+    x = dummy_input(run.ds)
 
     def init(key):
         variables = run.model.init({"params": key, "dropout": key}, x, train=False)
@@ -133,7 +144,7 @@ def restore_or_init(run: Run, log=print) -> TrainState:
 
 
 def evaluate_state(run: Run, state, eval_step=None) -> dict:
-    eval_step = eval_step or make_eval_step(run.model, run.ds.mean, run.ds.std, run.par)
+    eval_step = eval_step or make_eval_step(run.model, run.ds.mean, run.ds.std, run.par, run.task)
     bs = run.config.data.eval_batch_size
     rows = run.par.local_rows(bs)
     totals = None
@@ -149,8 +160,8 @@ def evaluate_state(run: Run, state, eval_step=None) -> dict:
 
 
 def _use_resident(run: Run) -> bool:
-    if run.config.data.augment:
-        return False  # augmentation runs in the host pipeline only
+    if run.config.data.augment or run.task == "mlm":
+        return False  # augmentation and masked-LM masking run in the host pipeline only
     mode = str(run.config.data.device_resident).lower()
     arrays = run.ds.train.arrays
     if mode == "false" or arrays is None:
@@ -210,9 +221,10 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         run.ckpt.close()
         return result
 
-    train_step = make_train_step(run.model, run.tx, run.ds.mean, run.ds.std, t.seed, t.label_smoothing, t.mixup_alpha)
+    train_step = make_train_step(run.model, run.tx, run.ds.mean, run.ds.std, t.seed, t.label_smoothing, t.mixup_alpha,
+                                 task=run.task)
     host_chunk, resident_chunk = make_chunk_fns(train_step, par)
-    eval_step = make_eval_step(run.model, run.ds.mean, run.ds.std, par)
+    eval_step = make_eval_step(run.model, run.ds.mean, run.ds.std, par, run.task)
     resident = _use_resident(run)
     rows = par.local_rows(cfg.data.batch_size)
     if resident:
@@ -221,7 +233,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     else:
         batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
                                         cfg.data.num_threads, cfg.data.prefetch,
-                                        augment=data_lib.train_augment(cfg.data, t.seed))
+                                        augment=data_lib.train_transform(run.ds, cfg.data, t.seed))
     log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
 
     spe = run.steps_per_epoch

@@ -243,8 +243,8 @@ def test_text_errors(tmp_path):
 
 
 def test_get_source_text_and_unknown(tmp_path):
-    expect_error(lambda: get_source(data_cfg(f"csv:{tmp_path}/a.csv")), "csv:/jsonl:", "text model")
-    expect_error(lambda: get_source(data_cfg(f"jsonl:{tmp_path}/a.jsonl")), "not available yet")
+    expect_error(lambda: get_source(data_cfg(f"csv:{tmp_path}/a.csv")), "a.csv", "text model", "model.name=bert")
+    expect_error(lambda: get_source(data_cfg(f"jsonl:{tmp_path}/a.jsonl")), "a.jsonl", "bert_mlm")
     expect_error(lambda: get_source(data_cfg("zip:foo")), "'zip:foo'", "npz:PATH", "folder:PATH[@HxW]", "csv:PATH",
                  "jsonl:PATH")
 

@@ -1,16 +1,38 @@
-"""Data: sources (embedded, TFDS), the epoch order, host and device pipelines."""
+"""Data: sources (embedded, TFDS, the user's files, text), the epoch order, host and device pipelines."""
 from __future__ import annotations
 
 from ptft_jax.data.augment import train_augment
 from ptft_jax.data.pipeline import EpochOrder, eval_batches, host_batches, select
 from ptft_jax.data.sources import Dataset, Split, get_source
-from ptft_jax.errors import DataError
+from ptft_jax.errors import ConfigError, DataError
 
-__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment"]
+__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment",
+           "train_transform"]
 
 
-def load(cfg, log=print) -> Dataset:
-    """The dataset named by `cfg.source`, with class selection and in-memory loading applied."""
+def load(cfg, log=print, task: str = "classify_image", workdir: str | None = None,
+         init_from: str | None = None) -> Dataset:
+    """The dataset named by `cfg.source` for `task` (see step.py), with class selection and in-memory loading
+    applied. Text tasks tokenise the source with the run's tokenizer (data/text.py: `workdir` and `init_from`
+    decide where it comes from and where it is saved)."""
+    from ptft_jax.data.text import is_text_source, load_text_dataset
+    text_task = task in ("classify_text", "mlm")
+    if is_text_source(cfg.source) != text_task:
+        raise ConfigError(f"data.source {cfg.source} is {'text' if is_text_source(cfg.source) else 'images'} but "
+                          f"the model's task is {task}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:) with "
+                          f"model.name=bert or bert_mlm and image sources with an image model.")
+    if text_task:
+        ds = load_text_dataset(cfg, task, workdir, init_from, log)
+        if task == "mlm" and (cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None):
+            raise ConfigError("data.classes / data.label_map / data.train_per_class select labelled examples; "
+                              "masked-LM pretraining text has no labels, so leave them unset.")
+        ds.train = select(ds.train, cfg.classes, cfg.label_map, cfg.train_per_class)
+        ds.test = select(ds.test, cfg.classes, cfg.label_map, None)
+        if cfg.classes is not None:
+            ds.num_classes = len(cfg.classes)
+        if cfg.label_map is not None:
+            ds.num_classes = int(max(cfg.label_map)) + 1
+        return ds
     ds = get_source(cfg)
     if cfg.image_size:
         from ptft_jax.data.augment import sized
@@ -47,3 +69,11 @@ def load(cfg, log=print) -> Dataset:
 def _example_bytes(split: Split) -> int:
     import numpy as np
     return int(np.asarray(split.records[0]["image"]).nbytes) + 4
+
+
+def train_transform(ds: Dataset, cfg, seed: int):
+    """The host pipeline's per-batch transform: masked-LM masking for mlm, else the image augmentation (or None)."""
+    if ds.task == "mlm":
+        from ptft_jax.data.text import MLMMasking
+        return MLMMasking(ds.tokenizer, int(cfg.max_len), seed)
+    return train_augment(cfg, seed)

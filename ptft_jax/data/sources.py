@@ -1,7 +1,8 @@
 """Where examples come from: embedded datasets (no download) and TFDS through `tfds.data_source`.
 
 Every source yields a `Split`: random-access examples {"image": uint8 HxWxC, "label": int}, held either as
-NumPy arrays (`arrays`) or as a record source read one example at a time (`records`).
+NumPy arrays (`arrays`) or as a record source read one example at a time (`records`). Text sources (data/text.py)
+hold token arrays instead (input_ids, token_type_ids, attention_mask[, label]).
 """
 from __future__ import annotations
 
@@ -49,9 +50,16 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple | None = None
+    task: str = "classify_image"        # classify_image | classify_text | mlm (see step.py)
+    example: dict | None = None         # text: a [1, T] batch of model inputs (for init)
+    text: dict | None = None            # text: tokenizer_dir, tokenizer_source, max_len, vocab_size, lowercase
+    tokenizer: Any = None               # text: the WordPieceTokenizer
 
     @property
     def image_shape(self):
+        """[H, W, C] of the images; None for text."""
+        if self.task != "classify_image":
+            return None
         src = self.train.arrays["image"][0] if self.train.arrays is not None else self.train.records[0]["image"]
         return tuple(np.asarray(src).shape)
 
@@ -168,8 +176,8 @@ def get_source(cfg) -> Dataset:
     if source.startswith(("npz:", "folder:")):
         from ptft_jax.data.custom import load_images
         return load_images(source, cfg)
-    if source.startswith(("csv:", "jsonl:")):
-        raise DataError("data.source csv:/jsonl: text data needs a text model (BERT), which is not available yet; "
-                        "use npz: or folder: for images.")
+    if source.startswith(("csv:", "jsonl:")) or source in ("pydocs", "pydocs_mlm"):
+        raise DataError(f"data.source {source} is text: it needs a text model (model.name=bert to classify, "
+                        f"bert_mlm to pretrain); use npz: or folder: for images.")
     raise DataError(f"Unknown data.source {source!r}: use one of {', '.join(EMBEDDED)}, tfds:NAME (for example "
-                    f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH or jsonl:PATH.")
+                    f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH, jsonl:PATH, pydocs or pydocs_mlm.")

@@ -16,8 +16,12 @@ REGISTRY = {"mlp": MLP, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build(model_config, num_classes: int | None = None):
-    """Builds the model named by `model_config.name` with the other keys as its fields."""
+def build(model_config, num_classes: int | None = None, vocab_size: int | None = None):
+    """Builds the model named by `model_config.name` with the other keys as its fields.
+
+    `num_classes` and `vocab_size` (the tokenizer's) fill the model's fields of those names when the config
+    leaves them unset (or None); a configured vocab_size smaller than the tokenizer's is an error (larger is
+    allowed: e.g. a published checkpoint's vocabulary padded to a multiple of 8)."""
     kwargs = dict(model_config)
     name = kwargs.pop("name", None)
     if name not in REGISTRY:
@@ -38,8 +42,14 @@ def build(model_config, num_classes: int | None = None):
     for key, value in kwargs.items():
         if isinstance(value, list):
             kwargs[key] = tuple(value)
-    if num_classes is not None and "num_classes" in fields and "num_classes" not in kwargs:
+    if num_classes is not None and "num_classes" in fields and kwargs.get("num_classes") is None:
         kwargs["num_classes"] = num_classes
+    if vocab_size is not None and "vocab_size" in fields:
+        if kwargs.get("vocab_size") is None:
+            kwargs["vocab_size"] = vocab_size
+        elif int(kwargs["vocab_size"]) < vocab_size:
+            raise ConfigError(f"model.vocab_size {kwargs['vocab_size']} is smaller than the tokenizer's {vocab_size} "
+                              f"tokens; leave it unset to use the tokenizer's size.")
     return cls(**kwargs)
 
 
