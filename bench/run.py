@@ -40,7 +40,7 @@ WORKLOADS = [
     dict(name="mlp_loop", kind="loop", peer="bench.peers.torch_mlp:loop", epochs=10, step="mlp_step", **MLP),
 ]
 FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None, test_size=None)
-QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=10, train_size=12_000, test_size=2_000)
+QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=5, train_size=12_000, test_size=2_000)
 
 
 def timed(fn, repeats):

@@ -16,7 +16,6 @@ resumed run reads bit-identical batches, and an example seen again in a later ep
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from ptft_jax.data.sources import Dataset, Split
 from ptft_jax.errors import ConfigError
@@ -30,6 +29,7 @@ def resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
     box = box or (0, 0, image.shape[1], image.shape[0])
     c = image.shape[-1]
     chans = [image] if c in (3, 4) else [image[..., i] for i in range(c)]
+    from PIL import Image  # imported here: `import ptft_jax` needs no Pillow
     out = [np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size, size), Image.BILINEAR, box=box))
            for x in chans]
     return out[0] if c in (3, 4) else np.stack(out, -1)
