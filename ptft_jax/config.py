@@ -96,12 +96,12 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def _flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
         if isinstance(v, (ml_collections.ConfigDict, dict)) and v:
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -181,7 +181,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
                 raise ConfigError(f"Config override {item!r} has no '=': write it as key.path=value.")
             k, v = item.split("=", 1)
             items.append((k.strip(), v, True))
-    flat = _flatten(config)
+    flat = flatten(config)
     for path, value, is_text in items:
         parts = path.split(".")
         node = config
@@ -207,9 +207,9 @@ def validate(config) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"A config must be an ml_collections.ConfigDict or a dict, not {type(config).__name__}.")
     base = defaults()
-    valid = _flatten(base)
+    valid = flatten(base)
     given = {}
-    for path, value in _flatten(config).items():
+    for path, value in flatten(config).items():
         if path.split(".")[0] in _OPEN_SECTIONS:
             given[path] = value
             continue

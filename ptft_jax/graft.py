@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -260,7 +260,3 @@ def graft_into_state(run, state, log=print):
     log(report.table())
     opt_state = jax.jit(run.tx.init, out_shardings=run.par.replicated)(params)
     return TrainState(state.step, params, opt_state, variables)
-
-
-def default_rules() -> Sequence[tuple[str, str]]:
-    return DEFAULT_RULES

@@ -13,7 +13,7 @@ import numpy as np
 from ptft_jax import data as data_lib
 from ptft_jax import models, optim
 from ptft_jax.checkpoint import Checkpoints
-from ptft_jax.config import defaults, to_json, validate
+from ptft_jax.config import defaults, flatten, to_json, validate
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
@@ -88,12 +88,11 @@ def _check_same_run(config, workdir):
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    from ptft_jax.config import _flatten
     with open(path) as f:
-        old = _flatten(json.load(f))
-    new = _flatten(json.loads(to_json(config)))
+        old = flatten(json.load(f))
+    new = flatten(json.loads(to_json(config)))
     # Keys the old run did not have (added to ptft_jax since) count as unchanged when they hold their default.
-    base = _flatten(json.loads(to_json(validate(defaults()))))
+    base = flatten(json.loads(to_json(validate(defaults()))))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, base.get(k)) != new.get(k)
                   and k not in RESUMABLE_CHANGES)
     if diff:

@@ -25,6 +25,13 @@ def conv_init(key, shape, dtype=jnp.float32):
     return (jax.random.normal(key, (math.prod(shape),), dtype) * math.sqrt(2.0 / fan_out)).reshape(shape)
 
 
+def _layers(dtype, train: bool):
+    """The conv (no bias, He fan-out init) and BatchNorm (momentum 0.9, eps 1e-5) every ResNet layer uses."""
+    conv = partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_init)
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return conv, norm
+
+
 class BasicBlock(nn.Module):
     filters: int
     strides: int = 1
@@ -33,8 +40,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        conv, norm = _layers(self.dtype, train)
         y = conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
         y = nn.relu(norm()(y))
         y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
@@ -50,8 +56,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        conv, norm = _layers(self.dtype, train)
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = nn.relu(norm()(conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)))
         y = conv(self.filters * 4, (1, 1))(y)
@@ -83,10 +88,9 @@ class ResNet(nn.Module):
             raise ConfigError(f"model.stem {self.stem!r} is not one of: imagenet, cifar.")
         block = BasicBlock if self.block == "basic" else Bottleneck
         k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-        x = nn.Conv(self.width, (k, k), stride, padding=((k // 2, k // 2),) * 2, use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="stem_conv")(x.astype(self.dtype))
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         name="stem_bn")(x)
+        conv, norm = _layers(self.dtype, train)
+        x = conv(self.width, (k, k), stride, padding=((k // 2, k // 2),) * 2, name="stem_conv")(x.astype(self.dtype))
+        x = norm(name="stem_bn")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
