@@ -27,7 +27,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"name": "mlp"})  # other keys: the model's fields (see models/)
     c.data = ml_collections.ConfigDict(dict(
         source="mnist5k",        # images: mnist5k | digits | tfds:NAME | npz:PATH | folder:PATH[@HxW]
-                                 # text (BERT): pydocs | pydocs_mlm | csv:PATH | jsonl:PATH (see data/text.py)
+                                 # text (BERT): pydocs | pydocs_mlm | csv:PATH | jsonl:PATH | text:PATH |
+                                 # tfds:NAME (see data/text_sources.py)
         data_dir=None,           # TFDS data_dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets
         batch_size=128,          # global batch, split over every device of every process
         eval_batch_size=500,
@@ -55,8 +56,14 @@ def defaults() -> ml_collections.ConfigDict:
         lowercase=True,          # text: lower-case before WordPiece (a trained or data.vocab vocabulary)
         vocab=None,              # text: a BERT vocab.txt (or a folder holding one) instead of training one;
                                  # a run with init_from reuses that run's WORKDIR/tokenizer/ without it
+        text_fields=None,        # text, tfds: the feature(s) holding the text: one name, or two for sentence
+                                 # pairs; None: found by name (sentence1+sentence2, sentence, text, ...)
+        max_documents=None,      # text: read at most this many examples (documents) of each split
+        mask_prob=0.15,          # masked-LM: fraction of the tokens selected (80% [MASK], 10% random, 10% kept)
+        whole_word=False,        # masked-LM: select whole words (a word and its ## pieces) rather than tokens
         num_threads=4,           # grain threads reading and batching on the host
         prefetch=8,              # batches read ahead of the step
+        device_prefetch=1,       # chunks of batches (one jitted call's) waiting on the devices ahead of the step
     ))
     c.optim = ml_collections.ConfigDict(dict(
         name="sgd",              # sgd | adam | adamw

@@ -8,6 +8,8 @@ inside its collection, e.g. `dense_0/kernel`. The first rule whose regex matches
   init  keep the fresh initialisation
   zero  zeros of the fresh shape (for a new head)
   skip  names checkpoint paths to leave unused (e.g. a pretraining head the new model lacks)
+  load_or_init  load when the checkpoint has the path (same shape required), else keep the fresh
+        initialisation (e.g. BERT's pooler, which a masked-LM checkpoint lacks and a classifier's has)
 A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every offending path with both shapes, when a fresh path matches no rule, when a `load`
 path is missing from the checkpoint or has another shape, or when a checkpoint path is left unused and no rule
 names it (so nothing is dropped silently). The report records the source checkpoint's path, step and a content
@@ -27,7 +29,7 @@ import numpy as np
 
 from ptft_jax.errors import CheckpointError, ConfigError
 
-ACTIONS = ("load", "init", "zero", "skip")
+ACTIONS = ("load", "init", "zero", "skip", "load_or_init")
 DEFAULT_RULES = (("head/.*", "init"), (".*", "load"))
 
 
@@ -45,7 +47,7 @@ class GraftReport:
     skipped: list  # checkpoint paths not used, each named by a rule
 
     def counts(self) -> dict:
-        out = {a: 0 for a in ACTIONS}
+        out = {a: 0 for a in ("load", "init", "zero", "skip")}  # what was done (load_or_init: load or init)
         for r in self.rows:
             out[r["action"]] += 1
         out["skip"] = len(self.skipped)
@@ -167,6 +169,8 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
             if action is None:
                 uncovered.append(f"{c}/{path} {shape}")
                 continue
+            if action == "load_or_init":
+                action = "init" if ck_value is None else "load"
             if action == "load":
                 if ck_value is None:
                     missing.append(f"{c}/{path} {shape}")

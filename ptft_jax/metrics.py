@@ -7,10 +7,23 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 
 def is_main() -> bool:
     return jax.process_index() == 0
+
+
+def f1_scores(tp, fp, fn) -> dict:
+    """F1 from per-class counts [C]: `f1` of class 1 for two classes (GLUE's MRPC/QQP convention: 1 = positive),
+    else `macro_f1`, the mean over the classes that occur in the labels or the predictions."""
+    tp, fp, fn = (np.asarray(v, np.float64) for v in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 0.0)
+    if len(tp) == 2:
+        return {"f1": float(f1[1])}
+    present = denom > 0
+    return {"macro_f1": float(f1[present].mean()) if present.any() else 0.0}
 
 
 class MetricsFile:

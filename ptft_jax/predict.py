@@ -56,8 +56,9 @@ def read_inputs(path: str, image_shape) -> np.ndarray:
 
 def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
     """Probabilities [N, num_classes] for `inputs` (uint8 images [N,H,W,C] or [H,W,C], floats in [0,1], or a
-    path accepted by `read_inputs`; for a text classifier a string, a list of strings, or the path of a UTF-8 file
-    holding one text a line) from the run in
+    path accepted by `read_inputs`; for a text classifier a string, a list of strings, a list of (text, text_b)
+    sentence pairs, the path of a UTF-8 file holding one text a line, or of a .jsonl file of {"text"[, "text_b"]}
+    objects) from the run in
     `workdir` (its latest checkpoint unless `step`)."""
     from ptft_jax.step import make_predict_fn
     info_path, config_path = os.path.join(workdir, "data.json"), os.path.join(workdir, "config.json")
@@ -73,13 +74,28 @@ def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
                         f"into a classifier (init_from) and predict with that run.")
     if task == "classify_text":
         from ptft_jax.text.tokenizer import WordPieceTokenizer
+        pairs = None
         if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and os.path.isfile(inputs)):
-            with open(inputs, encoding="utf-8") as f:  # a text file: one text a line
-                texts = [line.rstrip("\n") for line in f if line.strip()]
+            with open(inputs, encoding="utf-8") as f:  # a text file: one text a line; .jsonl: text[, text_b]
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+            if str(inputs).endswith((".jsonl", ".ndjson")):
+                try:
+                    rows = [json.loads(line) for line in lines]
+                    texts = [str(r["text"]) for r in rows]
+                    pairs = [str(r["text_b"]) for r in rows] if "text_b" in rows[0] else None
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"{inputs}: every line must be a JSON object with 'text' (and 'text_b' for "
+                                    f"sentence pairs) ({e}).") from None
+            else:
+                texts = lines
+        elif isinstance(inputs, str):
+            texts = [inputs]
+        elif all(isinstance(t, (tuple, list)) and len(t) == 2 for t in inputs):  # sentence pairs
+            texts, pairs = [str(a) for a, _ in inputs], [str(b) for _, b in inputs]
         else:
-            texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            texts = [str(t) for t in inputs]
         tok = WordPieceTokenizer.load(info["tokenizer_dir"])
-        x = {k: jnp.asarray(v) for k, v in tok.encode(texts, max_len=int(info["max_len"])).items()}
+        x = {k: jnp.asarray(v) for k, v in tok.encode(texts, pairs, max_len=int(info["max_len"])).items()}
         raw = _restore(workdir, step)
         model = models.build(config["model"], info["num_classes"], vocab_size=info["vocab_size"])
         probs = make_predict_fn(model, (), (), task)(raw["params"], raw.get("model_state") or {}, x)

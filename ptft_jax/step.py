@@ -137,7 +137,7 @@ def make_chunk_fns(train_step, par):
 
 def make_eval_step(model, mean, std, par, task: str = "classify_image"):
     """Sums over a padded batch (`mask` 0 on padding rows): loss, correct and count, count being examples, or
-    masked tokens for mlm."""
+    masked tokens for mlm; classification also sums per-class tp / fp / fn [C] for F1."""
     def eval_step(state: TrainState, batch):
         logits, _ = forward(model, state.params, state.model_state, model_inputs(batch, task, mean, std), False)
         mask = batch["mask"]
@@ -146,8 +146,12 @@ def make_eval_step(model, mean, std, par, task: str = "classify_image"):
             loss, correct = _mlm_metrics(logits, batch, weights)
             return {"loss": loss, "correct": correct, "count": jnp.sum(weights)}
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+        pred = jnp.argmax(logits, -1)
+        correct = (pred == batch["label"]).astype(jnp.float32)
+        # per-class true positives, false positives and false negatives, for F1 (metrics.f1_scores)
+        p1, l1 = (jax.nn.one_hot(v, logits.shape[-1]) * mask[:, None] for v in (pred, batch["label"]))
+        return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
+                "tp": jnp.sum(p1 * l1, 0), "fp": jnp.sum(p1 * (1 - l1), 0), "fn": jnp.sum((1 - p1) * l1, 0)}
 
     return jax.jit(eval_step, out_shardings=par.replicated)
 

@@ -15,14 +15,15 @@ from ptft_jax import models, optim
 from ptft_jax.checkpoint import Checkpoints
 from ptft_jax.config import defaults, flatten, to_json, validate
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
-from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
+from ptft_jax.metrics import Console, MetricsFile, f1_scores, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step, task_for
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep", "train.steps_per_call", "data.data_dir", "data.in_memory", "data.device_resident",
-                     "data.device_budget_mb", "data.num_threads", "data.prefetch", "data.eval_batch_size")
+                     "data.device_budget_mb", "data.num_threads", "data.prefetch", "data.device_prefetch",
+                     "data.eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -155,7 +156,19 @@ def evaluate_state(run: Run, state, eval_step=None) -> dict:
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     n = float(totals["count"])
-    return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n, "examples": int(n)}
+    out = {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n}
+    if "tp" in totals:
+        out.update(f1_scores(totals["tp"], totals["fp"], totals["fn"]))
+    return {**out, "examples": int(n)}
+
+
+def _scores(ev: dict) -> dict:
+    """The metrics of an evaluation worth logging: loss, accuracy and F1 where computed."""
+    return {k: v for k, v in ev.items() if k != "examples"}
+
+
+def _describe(ev: dict) -> str:
+    return " | ".join(f"test {k.replace('_', ' ')} {v:.4f}" for k, v in _scores(ev).items())
 
 
 def _use_resident(run: Run) -> bool:
@@ -188,6 +201,34 @@ def _next_boundary(step: int, every: int | None, total: int) -> int:
     if not every:
         return total
     return min(total, (step // every + 1) * every)
+
+
+def _next_stop(step: int, total: int, per_call: int, every) -> int:
+    """The end of the calls from `step`: the nearest log / eval / checkpoint boundary, at most per_call away."""
+    return min([step + per_call] + [_next_boundary(step, e, total) for e in every])
+
+
+def _call_plan(start: int, total: int, per_call: int, every):
+    """(first step, k) of every jitted call from `start` to `total`, as the loop makes them."""
+    step = start
+    while step < total:
+        for k in _call_sizes(_next_stop(step, total, per_call, every) - step, per_call):
+            yield step, k
+            step += k
+
+
+def _check_finite(call):
+    """Raises Diverged when a step of `call` = (its first step, its metrics) had a non-finite loss or gradient.
+    Those steps left the state as it was, and nothing after them is saved: the last checkpoint stays intact."""
+    if call is None:
+        return
+    first, m = call
+    bad = np.asarray(jax.device_get(m["nonfinite"]))
+    if bad.any():
+        at = first + int(np.argmax(bad)) + 1
+        raise Diverged(f"The loss or gradient became non-finite at step {at}; the run stopped without saving that "
+                       f"state (the last checkpoint is intact): lower optim.lr, set optim.clip_norm, or set "
+                       f"train.on_nonfinite=skip to skip such steps.")
 
 
 def train(config, workdir: str, log=print, allow_config_change: bool = False) -> dict:
@@ -226,49 +267,47 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     eval_step = make_eval_step(run.model, run.ds.mean, run.ds.std, par, run.task)
     resident = _use_resident(run)
     rows = par.local_rows(cfg.data.batch_size)
-    if resident:
-        device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
-        batches = None
-    else:
-        batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
-                                        cfg.data.num_threads, cfg.data.prefetch,
-                                        augment=data_lib.train_transform(run.ds, cfg.data, t.seed))
-    log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
-
     spe = run.steps_per_epoch
     eval_every = t.eval_every or spe
     ckpt_every = t.checkpoint_every or spe
     per_call = t.steps_per_call or t.log_every
+    feed = None
+    if resident:
+        device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
+    else:
+        batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
+                                        cfg.data.num_threads, cfg.data.prefetch,
+                                        augment=data_lib.train_transform(run.ds, cfg.data, t.seed))
+        plan = _call_plan(start, run.total_steps, per_call, (t.log_every, eval_every, ckpt_every))
+        feed = data_lib.DeviceFeed(batches, plan, lambda stacked: {
+            key: par.global_array(v, par.chunk, batch_axis=1) for key, v in stacked.items()},
+            depth=cfg.data.device_prefetch)
+    log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
     console = Console(run.total_steps, start)
     step, last_log_step, last_log_time = start, start, time.perf_counter()
-    pending, skipped = [], 0
+    pending, skipped, unchecked = [], 0, None
     t_start = time.perf_counter()
     stopper = StopRequest()
     try:
         while step < run.total_steps:
-            stop = min(step + per_call, _next_boundary(step, t.log_every, run.total_steps),
-                       _next_boundary(step, eval_every, run.total_steps),
-                       _next_boundary(step, ckpt_every, run.total_steps))
+            stop = _next_stop(step, run.total_steps, per_call, (t.log_every, eval_every, ckpt_every))
             for k in _call_sizes(stop - step, per_call):
                 if resident:
                     idx = par.global_array(run.order.chunk(step, k)[:, rows], par.chunk, batch_axis=1)
                     state, m = resident_chunk(state, device_data, idx)
                 else:
-                    local = [next(batches) for _ in range(k)]
-                    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
-                    chunk = {key: par.global_array(v, par.chunk, batch_axis=1) for key, v in stacked.items()}
-                    state, m = host_chunk(state, chunk)
+                    state, m = host_chunk(state, feed.next(step, k))
                 if par.sync_each_call:
                     jax.block_until_ready(m)
                 if t.on_nonfinite == "stop":
-                    bad = np.asarray(jax.device_get(m["nonfinite"]))
-                    if bad.any():
-                        at = step + int(np.argmax(bad)) + 1
-                        raise Diverged(f"The loss or gradient became non-finite at step {at}; the run stopped "
-                                       f"without saving that state (the last checkpoint is intact): lower optim.lr, "
-                                       f"set optim.clip_norm, or set train.on_nonfinite=skip to skip such steps.")
+                    # read the previous call's flags only now, with this call already queued behind it, so that
+                    # the device never idles on this check; the boundary below checks the last call
+                    _check_finite(unchecked)
+                    unchecked = (step, m)
                 pending.append(m)
                 step += k
+            _check_finite(unchecked)  # before anything is logged, evaluated or saved
+            unchecked = None
             if stopper.requested():
                 run.ckpt.save(step, state, force=True)
                 run.ckpt.wait()
@@ -288,24 +327,26 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
                 console.update(step, rate, loss=loss, acc=acc)
             if step % eval_every == 0 and step < run.total_steps:
                 ev = evaluate_state(run, state, eval_step)
-                run.metrics.write(step, "test", loss=ev["loss"], accuracy=ev["accuracy"])
-                console.line(f"step {step}: test loss {ev['loss']:.4f} | test accuracy {ev['accuracy']:.4f}")
+                run.metrics.write(step, "test", **_scores(ev))
+                console.line(f"step {step}: {_describe(ev)}")
             if step % ckpt_every == 0 or step == run.total_steps:
                 run.ckpt.save(step, state, force=step == run.total_steps)
         console.close()
         ev = evaluate_state(run, state, eval_step)
-        run.metrics.write(step, "test", loss=ev["loss"], accuracy=ev["accuracy"])
+        run.metrics.write(step, "test", **_scores(ev))
         run.ckpt.wait()
     finally:
+        if feed is not None:
+            feed.close()
         stopper.restore()
         console.close()
         run.ckpt.close()
         run.metrics.close()
         plot_curves(run.metrics.path, os.path.join(run.workdir, "curves.png"))
     elapsed = time.perf_counter() - t_start
-    log(f"done: step {step} | test accuracy {ev['accuracy']:.4f} | test loss {ev['loss']:.4f} | "
-        f"{(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | {run.workdir}")
-    return {"step": step, "split": "test", "loss": ev["loss"], "accuracy": ev["accuracy"]}
+    log(f"done: step {step} | {_describe(ev)} | {(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | "
+        f"{run.workdir}")
+    return {"step": step, "split": "test", **_scores(ev)}
 
 
 def evaluate(config, workdir: str, step: int | None = None, log=print) -> dict:
@@ -319,5 +360,5 @@ def evaluate(config, workdir: str, step: int | None = None, log=print) -> dict:
         ev = evaluate_state(run, state)
     finally:
         run.ckpt.close()
-    log(f"evaluate: step {step} | test accuracy {ev['accuracy']:.4f} | test loss {ev['loss']:.4f}")
+    log(f"evaluate: step {step} | {_describe(ev)}")
     return {"step": step, "split": "test", **ev}

@@ -232,3 +232,28 @@ def test_evaluation_counts_every_example_once_with_a_padded_last_batch(tmp_path)
     padded = ptft_jax.evaluate(ptft_jax.apply_overrides(config, {"data.eval_batch_size": 100}), str(tmp_path / "run"))
     assert whole["examples"] == padded["examples"] == 360
     assert padded["accuracy"] == pytest.approx(whole["accuracy"]) and padded["loss"] == pytest.approx(whole["loss"])
+
+
+def test_device_feed_follows_the_call_plan_and_raises_host_errors():
+    from ptft_jax.data import DeviceFeed
+    from ptft_jax.train import _call_plan
+    plan = list(_call_plan(3, 40, 8, (10, 25, None)))
+    assert sum(k for _, k in plan) == 37 and plan[0] == (3, 4) and (10, 8) in plan
+    steps = [s for s, _ in plan]
+    assert all(s + k == nxt for (s, k), nxt in zip(plan, steps[1:] + [40]))
+    assert not any(s < b < s + k for s, k in plan for b in (10, 20, 25, 30))  # no call crosses a boundary
+    batches = iter({"x": np.full((2,), i)} for i in range(3, 40))
+    feed = DeviceFeed(batches, iter(plan), lambda stacked: stacked, depth=2)
+    got = [feed.next(s, k)["x"] for s, k in plan]
+    feed.close()
+    assert np.concatenate([g[:, 0] for g in got]).tolist() == list(range(3, 40)) and got[0].shape == (4, 2)
+    with pytest.raises(RuntimeError, match="out of step"):
+        DeviceFeed(iter({"x": np.zeros(1)} for _ in range(9)), iter([(0, 1)]), lambda s: s).next(5, 1)
+
+    def broken():
+        yield {"x": np.zeros(1)}
+        raise ValueError("disk on fire")
+    feed = DeviceFeed(broken(), iter([(0, 1), (1, 1)]), lambda s: s)
+    feed.next(0, 1)
+    with pytest.raises(ValueError, match="disk on fire"):
+        feed.next(1, 1)

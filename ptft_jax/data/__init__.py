@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ptft_jax.data.augment import train_augment
-from ptft_jax.data.pipeline import EpochOrder, eval_batches, host_batches, select
+from ptft_jax.data.pipeline import DeviceFeed, EpochOrder, eval_batches, host_batches, select
 from ptft_jax.data.sources import Dataset, Split, get_source
 from ptft_jax.errors import ConfigError, DataError
 
-__all__ = ["Dataset", "Split", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment",
+__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment",
            "train_transform"]
 
 
@@ -17,9 +17,9 @@ def load(cfg, log=print, task: str = "classify_image", workdir: str | None = Non
     decide where it comes from and where it is saved)."""
     from ptft_jax.data.text import is_text_source, load_text_dataset
     text_task = task in ("classify_text", "mlm")
-    if is_text_source(cfg.source) != text_task:
+    if not str(cfg.source).startswith("tfds:") and is_text_source(cfg.source) != text_task:
         raise ConfigError(f"data.source {cfg.source} is {'text' if is_text_source(cfg.source) else 'images'} but "
-                          f"the model's task is {task}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:) with "
+                          f"the model's task is {task}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:, text:) with "
                           f"model.name=bert or bert_mlm and image sources with an image model.")
     if text_task:
         ds = load_text_dataset(cfg, task, workdir, init_from, log)
@@ -74,6 +74,6 @@ def _example_bytes(split: Split) -> int:
 def train_transform(ds: Dataset, cfg, seed: int):
     """The host pipeline's per-batch transform: masked-LM masking for mlm, else the image augmentation (or None)."""
     if ds.task == "mlm":
-        from ptft_jax.data.text import MLMMasking
-        return MLMMasking(ds.tokenizer, int(cfg.max_len), seed)
+        from ptft_jax.data.text import masking_for
+        return masking_for(cfg, ds.tokenizer, seed)
     return train_augment(cfg, seed)

@@ -9,8 +9,9 @@ folder:PATH  one subfolder per class (sorted names -> labels 0..k-1) holding PNG
              used as the splits. Images become RGB ("L" when every image is grayscale) and are resized to the most
              common size in the folder, or to HxW given as `folder:PATH@HxW` (e.g. folder:/data/pets@32x32).
 csv:/jsonl:  text classification rows (`load_text`): a CSV with a header row and `text` and `label` columns, or
-             one JSON object per line with "text" and "label" keys. Labels are class indices 0..k-1 or names
-             (sorted names -> 0..k-1).
+             one JSON object per line with "text" and "label" keys; an optional `text_b` column / key makes
+             sentence pairs ([CLS] text [SEP] text_b [SEP], token type 1 for the second segment). Labels are class
+             indices 0..k-1 or names (sorted names -> 0..k-1).
 
 Labels must be integers 0..k-1 with at least one example of each (an empty class is an error unless
 data.classes leaves it out). Every problem raises a `DataError` naming the file.
@@ -43,6 +44,8 @@ class TextDataset:
     test_labels: np.ndarray
     num_classes: int
     class_names: tuple | None = None
+    train_pairs: list | None = None  # the second segments of sentence pairs, or None for single texts
+    test_pairs: list | None = None
 
 
 def load_images(source: str, cfg) -> Dataset:
@@ -106,9 +109,16 @@ def _split(path: str, x, y, test_fraction: float, seed: int):
 
 
 def _dataset(name, xtr, ytr, xte, yte, num_classes, class_names=None) -> Dataset:
-    axes = tuple(range(xtr.ndim - 1))
-    mean = xtr.mean(axis=axes, dtype=np.float64) / 255.0
-    std = np.maximum(xtr.std(axis=axes, dtype=np.float64) / 255.0, 1e-3)
+    # Per-channel statistics from a histogram of the uint8 values: exact, and no float copy of the images.
+    channels = xtr.shape[-1]
+    flat = xtr.reshape(-1, channels)
+    values = np.arange(256, dtype=np.float64)
+    mean, std = np.zeros(channels), np.zeros(channels)
+    for c in range(channels):
+        hist = np.bincount(flat[:, c], minlength=256).astype(np.float64)
+        mean[c] = hist @ values / hist.sum()
+        std[c] = np.sqrt(hist @ (values - mean[c]) ** 2 / hist.sum())
+    mean, std = mean / 255.0, np.maximum(std / 255.0, 1e-3)
     return Dataset(name, Split(len(ytr), {"image": xtr, "label": ytr}), Split(len(yte), {"image": xte, "label": yte}),
                    num_classes, tuple(float(m) for m in mean), tuple(float(s) for s in std), class_names)
 
@@ -237,7 +247,8 @@ def load_folder(spec: str, cfg) -> Dataset:
     return _dataset(os.path.basename(os.path.normpath(path)), xtr, ytr, xte, yte, len(names), tuple(names))
 
 
-def _read_rows(path: str, fmt: str) -> list[tuple[str, object]]:
+def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
+    """(text, label, text_b or None) of every row."""
     rows = []
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -247,7 +258,7 @@ def _read_rows(path: str, fmt: str) -> list[tuple[str, object]]:
                 if "text" not in cols or "label" not in cols:
                     raise DataError(f"{path} has no 'text' and 'label' columns in its header row (found: "
                                     f"{', '.join(cols) or 'none'}); name the columns text,label.")
-                rows = [(r["text"], r["label"], reader.line_num) for r in reader]
+                rows = [(r["text"], r["label"], reader.line_num, r.get("text_b")) for r in reader]
             else:
                 for i, line in enumerate(f, start=1):
                     if not line.strip():
@@ -260,18 +271,24 @@ def _read_rows(path: str, fmt: str) -> list[tuple[str, object]]:
                     if not isinstance(r, dict) or "text" not in r or "label" not in r:
                         raise DataError(f"{path} line {i} is not an object with 'text' and 'label' keys; write "
                                         f'{{"text": ..., "label": ...}} on each line.')
-                    rows.append((r["text"], r["label"], i))
+                    rows.append((r["text"], r["label"], i, r.get("text_b")))
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
     except csv.Error as e:
         raise DataError(f"{path} is not a readable CSV file ({e}); check its quoting.") from None
-    for text, label, i in rows:
+    for text, label, i, _ in rows:
         if not isinstance(text, str) or label is None or label == "" or isinstance(label, (bool, float, list, dict)):
             raise DataError(f"{path} line {i} has no text or a missing or invalid label; give a string text "
                             f"and an integer or string label.")
     if not rows:
         raise DataError(f"{path} holds no rows; add text,label examples.")
-    return [(t, l) for t, l, _ in rows]
+    has_b = [b is not None for *_, b in rows]
+    if any(has_b):
+        for (*_, i, b), hb in zip(rows, has_b):
+            if not isinstance(b, str):
+                raise DataError(f"{path} line {i} has no text_b though other rows do; give every row a string "
+                                f"text_b (sentence pairs) or none.")
+    return [(t, l, b) for t, l, _, b in rows]
 
 
 def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> TextDataset:
@@ -283,8 +300,9 @@ def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> Tex
         fmt = "jsonl" if path.lower().endswith((".jsonl", ".ndjson")) else "csv"
     path = _check_file(path)
     rows = _read_rows(path, fmt)
-    texts = [t for t, _ in rows]
-    raw = [str(l).strip() for _, l in rows]
+    texts = [t for t, _, _ in rows]
+    pairs = [b for _, _, b in rows] if rows[0][2] is not None else None
+    raw = [str(l).strip() for _, l, _ in rows]
     if all(re.fullmatch(r"-?\d+", l) for l in raw):
         labels, num_classes = check_labels(np.asarray([int(l) for l in raw]), path)
         class_names = None
@@ -293,7 +311,8 @@ def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> Tex
         index = {c: i for i, c in enumerate(class_names)}
         labels = np.asarray([index[l] for l in raw], np.int32)
         num_classes = len(class_names)
-    (trt, trl), (tet, tel) = _split(path, texts, labels, test_fraction, split_seed)
+    (tri, trl), (tei, tel) = _split(path, np.arange(len(texts)), labels, test_fraction, split_seed)
     name = os.path.splitext(os.path.basename(path))[0]
-    return TextDataset(name, list(trt), np.asarray(trl, np.int32), list(tet), np.asarray(tel, np.int32),
-                       num_classes, class_names)
+    pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+    return TextDataset(name, pick(texts, tri), np.asarray(trl, np.int32), pick(texts, tei), np.asarray(tel, np.int32),
+                       num_classes, class_names, pick(pairs, tri), pick(pairs, tei))

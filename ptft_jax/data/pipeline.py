@@ -105,3 +105,51 @@ def eval_batches(split: Split, batch_size: int, rows: slice):
         batch = split.take(np.minimum(idx, n - 1)[rows])
         batch["mask"] = mask[rows]
         yield batch
+
+
+class DeviceFeed:
+    """Chunks of host batches stacked and put on the devices ahead of the step, on a background thread.
+
+    `plan` yields (first step, k) for every jitted call in order; `batches` yields this process's batch of each
+    step; `put(stacked)` makes the global device arrays of one chunk [k, B, ...]. Up to `depth` chunks wait on
+    the devices, so the step never waits on host stacking or the host-to-device copy. `next(step, k)` returns
+    the chunk of that call (and checks the plan agrees); an error on the thread is raised there.
+    """
+
+    def __init__(self, batches, plan, put, depth: int = 1):
+        import queue
+        import threading
+        self._queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(batches, plan, put), daemon=True,
+                                        name="ptft_device_feed")
+        self._thread.start()
+
+    def _fill(self, batches, plan, put):
+        import queue
+        try:
+            for step, k in plan:
+                local = [next(batches) for _ in range(k)]
+                item = (step, k, put({key: np.stack([b[key] for b in local]) for key in local[0]}))
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._queue.put((None, None, e))
+
+    def next(self, step: int, k: int):
+        got_step, got_k, chunk = self._queue.get()
+        if isinstance(chunk, BaseException):
+            raise chunk
+        if (got_step, got_k) != (step, k):
+            raise RuntimeError(f"DeviceFeed out of step: expected the call ({step}, {k}), got ({got_step}, {got_k}).")
+        return chunk
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)

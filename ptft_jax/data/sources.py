@@ -145,7 +145,10 @@ def tfds_dataset(name: str, cfg) -> Dataset:
     test = _tfds_source(name, cfg.test_split, data_dir)
     features = train.dataset_info.features
     if "image" not in features or "label" not in features:
-        raise DataError(f"Dataset {name!r} has no 'image' and 'label' features; pick an image classification dataset.")
+        text = any(f in features for f in ("text", "sentence", "sentence1", "question", "premise"))
+        raise DataError(f"Dataset {name!r} has no 'image' and 'label' features; " + (
+            "it is text: use it with model.name=bert (classify) or bert_mlm (pretrain)." if text else
+            "pick an image classification dataset."))
     num_classes = features["label"].num_classes
     channels = features["image"].shape[-1] or 3
     mean, std = _TFDS_STATS.get(name, ((0.5,) * channels, (0.25,) * channels))
@@ -176,8 +179,8 @@ def get_source(cfg) -> Dataset:
     if source.startswith(("npz:", "folder:")):
         from ptft_jax.data.custom import load_images
         return load_images(source, cfg)
-    if source.startswith(("csv:", "jsonl:")) or source in ("pydocs", "pydocs_mlm"):
+    if source.startswith(("csv:", "jsonl:", "text:")) or source in ("pydocs", "pydocs_mlm"):
         raise DataError(f"data.source {source} is text: it needs a text model (model.name=bert to classify, "
                         f"bert_mlm to pretrain); use npz: or folder: for images.")
     raise DataError(f"Unknown data.source {source!r}: use one of {', '.join(EMBEDDED)}, tfds:NAME (for example "
-                    f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH, jsonl:PATH, pydocs or pydocs_mlm.")
+                    f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH, jsonl:PATH, text:PATH, pydocs or pydocs_mlm.")

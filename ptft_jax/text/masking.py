@@ -33,14 +33,12 @@ def pack(docs: Sequence[Sequence[int]], max_len: int, cls_id: int, sep_id: int, 
     stream = np.concatenate(parts) if parts else np.zeros((0,), np.int32)
     chunk = max_len - 1
     n = len(stream) // chunk if drop_last else -(-len(stream) // chunk)
-    ids = np.full((n, max_len), pad_id, np.int32)
-    mask = np.zeros((n, max_len), np.int32)
-    ids[:, 0] = cls_id
-    mask[:, 0] = 1
-    for i in range(n):
-        piece = stream[i * chunk:(i + 1) * chunk]
-        ids[i, 1:1 + len(piece)] = piece
-        mask[i, 1:1 + len(piece)] = 1
+    body = np.full(n * chunk, pad_id, np.int32)
+    real = np.zeros(n * chunk, np.int32)
+    used = min(len(stream), n * chunk)
+    body[:used], real[:used] = stream[:used], 1
+    ids = np.concatenate([np.full((n, 1), cls_id, np.int32), body.reshape(n, chunk)], axis=1)
+    mask = np.concatenate([np.ones((n, 1), np.int32), real.reshape(n, chunk)], axis=1)
     return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
 
 

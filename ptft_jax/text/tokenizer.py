@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ class WordPieceTokenizer:
         from tokenizers import processors
         self.lowercase = lowercase
         self._tok = tokenizer
+        self._lock = threading.Lock()  # encode() switches padding/truncation on the shared tokenizer
         for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
             if tokenizer.token_to_id(t) is None:
                 raise DataError(f"the vocabulary lacks the special token {t}; a BERT vocab.txt needs all of "
@@ -159,13 +161,14 @@ class WordPieceTokenizer:
                 raise DataError(f"{len(texts)} first segments but {len(pairs)} second segments.")
         if max_len < (5 if pairs is not None else 3):
             raise ConfigError(f"max_len {max_len} leaves no room for tokens after [CLS]/[SEP].")
-        self._tok.enable_truncation(max_length=max_len, strategy="longest_first")
-        self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token="[PAD]", pad_type_id=0)
-        try:
-            enc = self._tok.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
-        finally:
-            self._tok.no_truncation()
-            self._tok.no_padding()
+        with self._lock:
+            self._tok.enable_truncation(max_length=max_len, strategy="longest_first")
+            self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token="[PAD]", pad_type_id=0)
+            try:
+                enc = self._tok.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
+            finally:
+                self._tok.no_truncation()
+                self._tok.no_padding()
         out = {"input_ids": np.array([e.ids for e in enc], np.int32).reshape(len(texts), max_len),
                "token_type_ids": np.array([e.type_ids for e in enc], np.int32).reshape(len(texts), max_len),
                "attention_mask": np.array([e.attention_mask for e in enc], np.int32).reshape(len(texts), max_len)}
