@@ -117,9 +117,12 @@ def commands(spec: str, workdir: str, overrides=()) -> list[str]:
     return out
 
 
+_METRICS = ("accuracy", "f1", "macro_f1", "loss", "step")
+
+
 def report(workdir: str, log=print) -> list[dict]:
-    """The members' overrides and final metrics, best test accuracy first: Markdown to `log`, CSV and a PNG
-    comparing the members' test accuracy curves in the workdir."""
+    """The members' final metrics (F1 too where the task has it), best test accuracy first: Markdown to `log`, CSV
+    and a PNG comparing the members' test accuracy curves in the workdir."""
     rows = []
     if not os.path.isdir(workdir):
         raise ConfigError(f"{workdir} is not a sweep workdir (it does not exist); run the sweep first.")
@@ -130,17 +133,18 @@ def report(workdir: str, log=print) -> list[dict]:
             with open(member_path) as f:
                 m = json.load(f)
             rows.append({"member": name, "status": "finished", **{f"test_{k}": m["result"].get(k)
-                                                                  for k in ("accuracy", "loss", "step")}})
+                                                                  for k in _METRICS}})
         elif os.path.exists(os.path.join(sub, "metrics.jsonl")):
             from ptft_jax.metrics import MetricsFile
             tests = [r for r in MetricsFile(os.path.join(sub, "metrics.jsonl")).read() if r["split"] == "test"]
             last = tests[-1] if tests else {}
-            rows.append({"member": name, "status": "unfinished", "test_accuracy": last.get("accuracy"),
-                         "test_loss": last.get("loss"), "test_step": last.get("step")})
+            rows.append({"member": name, "status": "unfinished", **{f"test_{k}": last.get(k) for k in _METRICS}})
     if not rows:
         raise ConfigError(f"{workdir} holds no sweep members yet; run the sweep first.")
     rows.sort(key=lambda r: (r["status"] != "finished", -(r["test_accuracy"] or 0.0)))
-    cols = ["member", "status", "test_accuracy", "test_loss", "test_step"]
+    extra = [f"test_{k}" for k in ("f1", "macro_f1") if any(r.get(f"test_{k}") is not None for r in rows)]
+    cols = ["member", "status", "test_accuracy", *extra, "test_loss", "test_step"]
+    rows = [{c: r.get(c) for c in cols} for r in rows]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]

@@ -73,7 +73,8 @@ def test_interrupted_sweep_skips_finished_members_and_reports(sweep_file, tmp_pa
     assert {r["member"] for r in rows} == {"optim.lr=0.1,train.seed=0", "optim.lr=0.1,seed1",
                                            "optim.lr=0.001,train.seed=0", "optim.lr=0.001,seed1"}
     csv_lines = (workdir / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == "member,status,test_accuracy,test_loss,test_step" and len(csv_lines) == 5
+    assert csv_lines[0] == "member,status,test_accuracy,test_macro_f1,test_loss,test_step" and len(csv_lines) == 5
+    assert all(0 < r["test_macro_f1"] <= 1 for r in rows)  # 10 digit classes: macro-F1 beside accuracy
     assert (workdir / "sweep.png").stat().st_size > 5000
     out = launch("--mode=report", f"--workdir={workdir}")
     assert out.returncode == 0 and out.stdout.count("| finished |") == 4, out.stderr[-1000:]
