@@ -13,7 +13,7 @@ initialised), creates a fresh 2-class head and drops the masked-LM head. Metrics
 """
 from ptft_jax.config import defaults
 
-BERT_GRAFT = [("head/.*", "init"), ("pooler/.*", "load_or_init"), ("mlm/.*", "skip"), (".*", "load")]
+GRAFT = [("head/.*", "init"), ("pooler/.*", "load_or_init"), ("mlm/.*", "skip"), (".*", "load")]
 
 
 def get_config(preset="base"):
@@ -34,5 +34,5 @@ def get_config(preset="base"):
     c.train.epochs = 3
     c.train.log_every = 100
     c.init_from = "runs/bert_base"
-    c.graft = BERT_GRAFT
+    c.graft = GRAFT
     return c
