@@ -1,7 +1,8 @@
 """Pretrain BERT with masked-LM on English Wikipedia (TFDS `wikipedia/20230601.en`), BERT's phase-1 recipe:
 sequences of 128 tokens, batch 256, AdamW 1e-4 with 10,000 warmup steps, weight decay 0.01, 15% masking.
 
-    python -m ptft_jax.prepare wikipedia/20230601.en          # once, needs the [tf] extra
+    python -m ptft_jax.prepare wikipedia/20230601.en          # once: needs the [tf] extra and apache-beam (TFDS
+                                                              # builds Wikipedia with a Beam pipeline; hours)
     python launch.py --config=configs/bert_mlm_pretrain.py --workdir=runs/bert_base            # preset base
     python launch.py --config=configs/bert_mlm_pretrain.py:small --workdir=runs/bert_small     # tiny..large
     python launch.py --config=configs/bert_mlm_pretrain.py --workdir=runs/bert_lm1b \
