@@ -121,15 +121,21 @@ def make_chunk_fns(train_step, par):
     `host_chunk(state, batches)`: batches [K, B, ...] sharded on B.
     `resident_chunk(state, data, idx)`: data = the whole split on the devices, idx [K, B] indices into it.
     """
+    def scan(body, state, xs):
+        if jax.tree.leaves(xs)[0].shape[0] == 1:  # one step: no loop (XLA's CPU loops slow convolutions ~20x)
+            state, m = body(state, jax.tree.map(lambda x: x[0], xs))
+            return state, jax.tree.map(lambda x: x[None], m)
+        return jax.lax.scan(body, state, xs)
+
     def host_chunk(state, batches):
-        return jax.lax.scan(train_step, state, batches)
+        return scan(train_step, state, batches)
 
     def resident_chunk(state, data, idx):
         def body(state, i):
             batch = {k: v[i] for k, v in data.items()}
             batch = jax.lax.with_sharding_constraint(batch, par.batch)
             return train_step(state, batch)
-        return jax.lax.scan(body, state, idx)
+        return scan(body, state, idx)
 
     shard = dict(out_shardings=(par.replicated, par.replicated), donate_argnums=(0,))
     return jax.jit(host_chunk, **shard), jax.jit(resident_chunk, **shard)

@@ -203,6 +203,17 @@ def _next_boundary(step: int, every: int | None, total: int) -> int:
     return min(total, (step // every + 1) * every)
 
 
+def _default_per_call(run: Run, params) -> int:
+    """train.log_every steps per call, except 1 for a model with convolutions on the CPU backend: XLA's CPU backend
+    runs convolutions inside a loop (lax.scan) about 20x slower than outside one (measured on ResNet-18: 1.50 s
+    against 0.08 s a step), which outweighs the dispatch a loop saves."""
+    if jax.default_backend() == "cpu" and any(
+            getattr(p[-1], "key", None) == "kernel" and leaf.ndim >= 4
+            for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]):
+        return 1
+    return run.config.train.log_every
+
+
 def _next_stop(step: int, total: int, per_call: int, every) -> int:
     """The end of the calls from `step`: the nearest log / eval / checkpoint boundary, at most per_call away."""
     return min([step + per_call] + [_next_boundary(step, e, total) for e in every])
@@ -270,7 +281,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     spe = run.steps_per_epoch
     eval_every = t.eval_every or spe
     ckpt_every = t.checkpoint_every or spe
-    per_call = t.steps_per_call or t.log_every
+    per_call = t.steps_per_call or _default_per_call(run, state.params)
     feed = None
     if resident:
         device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
@@ -282,7 +293,8 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         feed = data_lib.DeviceFeed(batches, plan, lambda stacked: {
             key: par.global_array(v, par.chunk, batch_axis=1) for key, v in stacked.items()},
             depth=cfg.data.device_prefetch)
-    log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}")
+    log(f"input: {'device-resident split, indices per call' if resident else 'host pipeline (grain), prefetched'}"
+        f" | {per_call} step(s) per call")
     console = Console(run.total_steps, start)
     step, last_log_step, last_log_time = start, start, time.perf_counter()
     pending, skipped, unchecked = [], 0, None
