@@ -212,6 +212,20 @@ def test_tokenizer_round_trip_save_load_and_pairs(tokenizer, tmp_path):
     assert cont.shape == (2000,) and cont.any() and not cont[:5].any()
 
 
+def test_tokenizer_training_gives_the_same_vocab_txt_in_every_process(tokenizer, tmp_path):
+    import os
+    import subprocess
+    import sys
+    script = ("import sys; from ptft_jax.text import WordPieceTokenizer; from ptft_jax.text.corpus import corpus_texts;"
+              "WordPieceTokenizer.train(corpus_texts()[:1500], vocab_size=2000, lowercase=True).save(sys.argv[1])")
+    for i, seed in enumerate(("1", "2")):  # another hash seed, as every new process has
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / str(i))], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+    tokenizer.save(str(tmp_path / "here"))
+    texts = [(tmp_path / d / "vocab.txt").read_text() for d in ("0", "1", "here")]
+    assert texts[0] == texts[1] == texts[2] and texts[0].startswith("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+
+
 def test_stdlib_corpus_and_pydocs_task():
     docs = stdlib_docstrings()
     assert len(docs) >= 1000

@@ -206,9 +206,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_four_devices(tmp_path):
-    args = [f"--config={DIGITS}", "--config.train.steps=40", "--config.train.log_every=10",
+MLP_ARGS = [f"--config={DIGITS}", "--config.train.steps=40", "--config.train.log_every=10",
             "--config.data.batch_size=16", "--config.data.eval_batch_size=40"]
+# Text: every process reads the docstrings, trains the same WordPiece vocabulary (checked across processes) and
+# masks its rows of each global batch from the same (seed, step) draw.
+MLM_ARGS = [f"--config={os.path.join(ROOT, 'configs', 'pydocs_bert_pretrain.py')}:tiny", "--config.train.steps=6",
+            "--config.train.log_every=2", "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
+            "--config.data.batch_size=16", "--config.data.eval_batch_size=64", "--config.data.max_len=32",
+            "--config.data.vocab_size=500", "--config.optim.warmup_steps=2"]
+
+
+@pytest.mark.parametrize("args", [MLP_ARGS, MLM_ARGS], ids=["mlp", "bert_mlm"])
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, args):
     single = launch(*args, f"--workdir={tmp_path / 'single'}", devices=4)
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()

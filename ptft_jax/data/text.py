@@ -139,7 +139,7 @@ def masking_for(cfg, tok, seed: int) -> MLMMasking:
 
 def _cache_key(cfg, task: str, tok) -> str:
     """What the tokenised arrays depend on, hashed."""
-    vocab = hashlib.sha256("\n".join(tok.id_to_token(i) or "" for i in range(tok.vocab_size)).encode()).hexdigest()
+    vocab = _vocab_hash(tok)
     keys = ("source", "data_dir", "train_split", "test_split", "test_fraction", "split_seed", "max_len",
             "max_documents", "text_fields", "mask_prob", "whole_word")
     desc = {k: cfg.get(k) for k in keys}
@@ -182,6 +182,21 @@ def _cache_save(workdir, key, train_arrays, test_arrays, meta):
         os.replace(os.path.join(path, "meta.json.tmp"), os.path.join(path, "meta.json"))
     except OSError as e:  # a full disk must not stop training: the cache only saves time
         print(f"warning: could not cache the tokenised data in {path} ({e}); the next start tokenises again.")
+
+
+def _vocab_hash(tok) -> str:
+    return hashlib.sha256("\n".join(tok.id_to_token(i) or "" for i in range(tok.vocab_size)).encode()).hexdigest()
+
+
+def _check_same_vocabulary(tok):
+    """Every process of a multi-process run must number the tokens alike (each loads or trains its tokenizer)."""
+    import jax
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    digest = np.frombuffer(bytes.fromhex(_vocab_hash(tok)), np.uint8).astype(np.int32)
+    multihost_utils.assert_equal(digest, "The processes of this run have different tokenizer vocabularies; give "
+                                         "them all the same data.vocab (or the same training texts).")
 
 
 def _tokenize(tok, texts, log, what, chunk=20000):
@@ -244,6 +259,7 @@ def load_text_dataset(cfg, task: str, workdir: str | None = None, init_from: str
         _cache_save(workdir, _cache_key(cfg, task, tok), train_arrays, test_arrays,
                     {"name": name, "num_classes": int(num_classes),
                      "class_names": list(class_names) if class_names else None})
+    _check_same_vocabulary(tok)
     example = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in test_arrays.items() if k != "label"}
     example["attention_mask"] = np.ones_like(example["attention_mask"])
     text = {"tokenizer_dir": tok_dir, "tokenizer_source": tok_source, "max_len": max_len,

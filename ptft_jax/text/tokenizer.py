@@ -12,6 +12,7 @@ its own ids (the published BERT vocabularies have [PAD]=0, [UNK]=100, [CLS]=101,
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -50,6 +51,7 @@ class WordPieceTokenizer:
             if tokenizer.token_to_id(t) is None:
                 raise DataError(f"the vocabulary lacks the special token {t}; a BERT vocab.txt needs all of "
                                 f"{', '.join(SPECIAL_TOKENS)}.")
+        tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # keeps their ids; decode() can skip them
         cls, sep = self.cls_id, self.sep_id
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -64,12 +66,26 @@ class WordPieceTokenizer:
         if vocab_size < len(SPECIAL_TOKENS) + 1:
             raise ConfigError(f"vocab_size {vocab_size} is too small; it must exceed the {len(SPECIAL_TOKENS)} "
                               f"special tokens.")
+        texts = list(texts)
         tok = _build(None, lowercase)
+        # tokenizers' trainer numbers the `##c` continuation pieces in hash-map order, different in every process,
+        # and breaks ties between equally frequent merges by those numbers, so the same texts can give another
+        # vocabulary (huggingface/tokenizers#1794). Giving it the `##c` of every alphabet character up front, in
+        # sorted order, makes the numbering and hence the vocabulary the same in every process.
+        chars = collections.Counter()
+        for t in texts:
+            chars.update(tok.normalizer.normalize_str(t))
+        alphabet = sorted(c for c, _ in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))[:limit_alphabet]
+                          if not c.isspace())
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=list(SPECIAL_TOKENS), limit_alphabet=limit_alphabet,
-                                            continuing_subword_prefix="##", show_progress=False)
+                                            special_tokens=list(SPECIAL_TOKENS) + ["##" + c for c in alphabet],
+                                            limit_alphabet=limit_alphabet, continuing_subword_prefix="##",
+                                            show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok, lowercase)
+        # Then number the special tokens first and the rest sorted, so that vocab.txt is the same file too.
+        tokens = set(tok.get_vocab(with_added_tokens=True)) - set(SPECIAL_TOKENS)
+        vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + sorted(tokens))}
+        return cls(_build(vocab, lowercase), lowercase)
 
     @classmethod
     def from_vocab(cls, vocab_file: str, lowercase: bool = True) -> "WordPieceTokenizer":
