@@ -6,11 +6,10 @@ configs/pydocs_bert_finetune.py fine-tunes the result to classify docstrings by 
     python launch.py --config=configs/pydocs_bert_pretrain.py --workdir=runs/pydocs_pt
     python launch.py --config=configs/pydocs_bert_pretrain.py:mini --workdir=runs/pydocs_pt_mini  # 4 x 256, slower
 
-Measured on the shared 2-core dev machine (2026-11-29): 1500 steps of batch 64 x 64 tokens, masked-LM test accuracy
-0.181 (loss 5.21; 0.118 at step 250, 0.163 at 1000), 479 s wall while another job loaded the CPUs (estimated
-3-4 minutes on the idle machine). Fine-tuned with configs/pydocs_bert_finetune.py it gives
-0.865 test accuracy against 0.825 from a fresh init (see there). The corpus is small (~250k tokens), so the
-settings are for learning fast: dropout 0, lr 2e-3 after 100 warmup steps (lr 3e-3 collapsed to a constant
+Measured on the idle 2-core dev machine (2026-11-29): 1500 steps of batch 64 x 64 tokens in 191 s, masked-LM
+test accuracy 0.172 (loss 5.18; 0.138 at step 500, 0.166 at 1000). Fine-tuned with configs/pydocs_bert_finetune.py
+it gives 0.850 test accuracy against 0.746 from a fresh init (see there). The corpus is small (~250k tokens), so
+the settings are for learning fast: dropout 0, lr 2e-3 after 100 warmup steps (lr 3e-3 collapsed to a constant
 prediction in a trial; the former `mini` recipe, dropout 0.1, lr 1e-3, 300 steps, stayed at the unigram plateau).
 
 A WordPiece vocabulary of at most data.vocab_size tokens is trained on the training texts and saved in
