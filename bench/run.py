@@ -202,13 +202,7 @@ def train_once(w, npz, workdir, epochs, resident):
     cfg.optim.lr = w["lr"]
     cfg.train.epochs = epochs
     cfg.train.log_every = 1000
-    with open(os.path.join(workdir + ".stderr"), "w") as err, contextlib.redirect_stderr(err):
-        t0 = time.perf_counter()
-        result = ptft_jax.train(cfg, workdir, log=lambda *_: None)
-        elapsed = time.perf_counter() - t0
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rates = [r["steps_per_s"] for r in map(json.loads, f) if r["split"] == "train"]
-    return result, elapsed, rates
+    return train_timed(cfg, workdir)
 
 
 def run_loop(w, a):
@@ -321,7 +315,6 @@ STEP_FLOPS = {}  # model_step workload name -> FLOPs per step, for its pipeline 
 
 
 def run_model_step(w, a):
-    cpu = jax.default_backend() == "cpu"
     progress(f"{w['name']}: setup (batch {w['batch']}, {w['mode']} size)")
     cfg, model, state, train_step, np_batch, nparams, mean, std = model_setup(w)
     dtype = cfg.model["dtype"]

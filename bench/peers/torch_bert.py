@@ -14,13 +14,13 @@ optimiser state float32); on CPU: float32.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.peers import timed_calls
 
 PRESETS = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
            "base": (12, 768, 12), "large": (24, 1024, 16)}
@@ -150,18 +150,8 @@ def step(batch, params, size="base", dims=None, vocab_size=30522, dropout_rate=0
             torch.cuda.synchronize()
         return loss.detach()
 
-    t0 = time.perf_counter()
-    loss = run()
-    first = time.perf_counter() - t0
+    loss, first, per_call, times = timed_calls(run, repeats, warmup)
     assert math.isfinite(loss.item()), f"torch {name}: loss {loss.item()}"
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    per_call = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     del model, opt
     if cuda:

@@ -6,13 +6,14 @@
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from bench.peers import timed_calls
 
 
 def _device():
@@ -56,15 +57,7 @@ def step(batch_size=256, steps=50, repeats=7, lr=0.01, hidden=(256, 128), seed=0
             opt.step()
         _sync(device)
 
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    per_call = statistics.median(times)
+    _, first, per_call, _ = timed_calls(run, repeats)
     return {"impl": "torch eager, fixed batch", "steps_per_s": steps / per_call, "first_call_s": first,
             "steady_call_s": per_call, "peak_bytes": _peak(device)}
 

@@ -11,13 +11,12 @@ and autocast to bfloat16 (params and optimiser state float32); on CPU: float32.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.peers import timed_calls
 
 KNOWN_COUNTS = {("basic", (2, 2, 2, 2), 64, "cifar", 10): 11_173_962,
                 ("bottleneck", (3, 4, 6, 3), 64, "imagenet", 1000): 25_557_032}
@@ -134,17 +133,7 @@ def step(images, labels, params, block="basic", stage_sizes=(2, 2, 2, 2), width=
         if cuda:
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    per_call = statistics.median(times)
+    _, first, per_call, times = timed_calls(run, repeats, warmup)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     del model, opt
     if cuda:
