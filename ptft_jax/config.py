@@ -87,7 +87,8 @@ def defaults() -> ml_collections.ConfigDict:
         eval_every=None,         # steps between test evaluations; None: once per epoch
         checkpoint_every=None,   # steps between checkpoints; None: once per epoch
         keep=3,                  # checkpoints kept
-        steps_per_call=None,     # steps per jitted call; None: up to log_every (1 for conv nets on CPU)
+        steps_per_call=None,     # steps per jitted call; None: up to log_every, at most 256 MB of host batches
+                                 # (1 for conv nets on CPU)
         label_smoothing=0.0,     # training loss targets: (1 - x) one-hot + x / classes
         mixup_alpha=0.0,         # > 0: mix each batch with its reverse, weight ~ Beta(alpha, alpha), in the step
         on_nonfinite="stop",     # stop | skip: a non-finite loss or gradient stops the run, or the step is skipped

@@ -203,15 +203,37 @@ def _next_boundary(step: int, every: int | None, total: int) -> int:
     return min(total, (step // every + 1) * every)
 
 
-def _default_per_call(run: Run, params) -> int:
-    """train.log_every steps per call, except 1 for a model with convolutions on the CPU backend: XLA's CPU backend
-    runs convolutions inside a loop (lax.scan) about 20x slower than outside one (measured on ResNet-18: 1.50 s
-    against 0.08 s a step), which outweighs the dispatch a loop saves."""
+HOST_CHUNK_BYTES = 256 << 20  # the most host batches one call takes (stacked on the host and put on the devices)
+
+
+def _default_per_call(run: Run, params, resident: bool) -> int:
+    """train.log_every steps per call, except: 1 for a model with convolutions on the CPU backend (XLA's CPU
+    backend runs convolutions inside a loop, lax.scan, about 20x slower than outside one: measured on ResNet-18,
+    1.50 s against 0.08 s a step, which outweighs the dispatch a loop saves); and on the host path no more steps
+    than fit HOST_CHUNK_BYTES (an ImageNet batch of 1024 is 154 MB: one step a call), rounded down to a power of
+    two, since every call's batches are held twice, on the host and on the devices."""
     if jax.default_backend() == "cpu" and any(
             getattr(p[-1], "key", None) == "kernel" and leaf.ndim >= 4
             for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]):
         return 1
-    return run.config.train.log_every
+    per_call = run.config.train.log_every
+    if not resident:
+        cfg = run.config.data
+        if run.ds.example is not None:  # text: the batch arrays (masked-LM adds a few small ones)
+            example = sum(np.asarray(v).nbytes for v in run.ds.example.values())
+        else:
+            shape = run.ds.image_shape if not cfg.image_size else (cfg.image_size, cfg.image_size,
+                                                                   run.ds.image_shape[-1])
+            example = int(np.prod(shape)) + 4
+        per_call = _host_chunk_steps(example * (cfg.batch_size // run.par.process_count), per_call)
+    return per_call
+
+
+def _host_chunk_steps(batch_bytes: int, per_call: int) -> int:
+    fits = HOST_CHUNK_BYTES // max(1, batch_bytes)
+    if fits >= per_call:
+        return per_call
+    return 1 << max(0, int(fits).bit_length() - 1)
 
 
 def _next_stop(step: int, total: int, per_call: int, every) -> int:
@@ -281,7 +303,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     spe = run.steps_per_epoch
     eval_every = t.eval_every or spe
     ckpt_every = t.checkpoint_every or spe
-    per_call = t.steps_per_call or _default_per_call(run, state.params)
+    per_call = t.steps_per_call or _default_per_call(run, state.params, resident)
     feed = None
     if resident:
         device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}

@@ -257,3 +257,12 @@ def test_device_feed_follows_the_call_plan_and_raises_host_errors():
     feed.next(0, 1)
     with pytest.raises(ValueError, match="disk on fire"):
         feed.next(1, 1)
+
+
+def test_host_calls_hold_at_most_256_mb_of_batches():
+    from ptft_jax.train import HOST_CHUNK_BYTES, _host_chunk_steps
+    assert HOST_CHUNK_BYTES == 256 << 20
+    assert _host_chunk_steps(256 * 784 + 1024, 50) == 50                 # MNIST batches: log_every steps a call
+    assert _host_chunk_steps(1024 * 224 * 224 * 3, 50) == 1              # an ImageNet batch of 1024: one step
+    assert _host_chunk_steps(128 * 224 * 224 * 3, 50) == 8               # 13 fit: rounded down to 8
+    assert _host_chunk_steps(10 << 30, 50) == 1                          # never fewer than one
