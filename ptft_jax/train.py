@@ -242,11 +242,13 @@ def _next_stop(step: int, total: int, per_call: int, every) -> int:
 
 
 def _call_plan(start: int, total: int, per_call: int, every):
-    """(first step, k) of every jitted call from `start` to `total`, as the loop makes them."""
+    """(first step, k, whether it ends at a boundary) of every jitted call from `start` to `total`: the calls the
+    loop makes and the feed thread prepares."""
     step = start
     while step < total:
-        for k in _call_sizes(_next_stop(step, total, per_call, every) - step, per_call):
-            yield step, k
+        stop = _next_stop(step, total, per_call, every)
+        for k in _call_sizes(stop - step, per_call):
+            yield step, k, step + k == stop
             step += k
 
 
@@ -303,6 +305,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     spe = run.steps_per_epoch
     eval_every = t.eval_every or spe
     ckpt_every = t.checkpoint_every or spe
+    every = (t.log_every, eval_every, ckpt_every)
     per_call = t.steps_per_call or _default_per_call(run, state.params, resident)
     feed = None
     if resident:
@@ -311,7 +314,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
                                         cfg.data.num_threads, cfg.data.prefetch,
                                         augment=data_lib.train_transform(run.ds, cfg.data, t.seed))
-        plan = _call_plan(start, run.total_steps, per_call, (t.log_every, eval_every, ckpt_every))
+        plan = ((s, k) for s, k, _ in _call_plan(start, run.total_steps, per_call, every))
         feed = data_lib.DeviceFeed(batches, plan, lambda stacked: {
             key: par.global_array(v, par.chunk, batch_axis=1) for key, v in stacked.items()},
             depth=cfg.data.device_prefetch)
@@ -323,23 +326,23 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     t_start = time.perf_counter()
     stopper = StopRequest()
     try:
-        while step < run.total_steps:
-            stop = _next_stop(step, run.total_steps, per_call, (t.log_every, eval_every, ckpt_every))
-            for k in _call_sizes(stop - step, per_call):
-                if resident:
-                    idx = par.global_array(run.order.chunk(step, k)[:, rows], par.chunk, batch_axis=1)
-                    state, m = resident_chunk(state, device_data, idx)
-                else:
-                    state, m = host_chunk(state, feed.next(step, k))
-                if par.sync_each_call:
-                    jax.block_until_ready(m)
-                if t.on_nonfinite == "stop":
-                    # read the previous call's flags only now, with this call already queued behind it, so that
-                    # the device never idles on this check; the boundary below checks the last call
-                    _check_finite(unchecked)
-                    unchecked = (step, m)
-                pending.append(m)
-                step += k
+        for _, k, at_boundary in _call_plan(start, run.total_steps, per_call, every):
+            if resident:
+                idx = par.global_array(run.order.chunk(step, k)[:, rows], par.chunk, batch_axis=1)
+                state, m = resident_chunk(state, device_data, idx)
+            else:
+                state, m = host_chunk(state, feed.next(step, k))
+            if par.sync_each_call:
+                jax.block_until_ready(m)
+            if t.on_nonfinite == "stop":
+                # read the previous call's flags only now, with this call already queued behind it, so that the
+                # device never idles on this check; the boundary below checks the last call
+                _check_finite(unchecked)
+                unchecked = (step, m)
+            pending.append(m)
+            step += k
+            if not at_boundary:
+                continue
             _check_finite(unchecked)  # before anything is logged, evaluated or saved
             unchecked = None
             if stopper.requested():

@@ -237,8 +237,10 @@ def test_evaluation_counts_every_example_once_with_a_padded_last_batch(tmp_path)
 def test_device_feed_follows_the_call_plan_and_raises_host_errors():
     from ptft_jax.data import DeviceFeed
     from ptft_jax.train import _call_plan
-    plan = list(_call_plan(3, 40, 8, (10, 25, None)))
+    marked = list(_call_plan(3, 40, 8, (10, 25, None)))
+    plan = [(s, k) for s, k, _ in marked]
     assert sum(k for _, k in plan) == 37 and plan[0] == (3, 4) and (10, 8) in plan
+    assert [s + k for s, k, end in marked if end] == [10, 18, 20, 25, 30, 38, 40]  # boundaries and per_call ends
     steps = [s for s, _ in plan]
     assert all(s + k == nxt for (s, k), nxt in zip(plan, steps[1:] + [40]))
     assert not any(s < b < s + k for s, k in plan for b in (10, 20, 25, 30))  # no call crosses a boundary

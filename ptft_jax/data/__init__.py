@@ -6,8 +6,8 @@ from ptft_jax.data.pipeline import DeviceFeed, EpochOrder, eval_batches, host_ba
 from ptft_jax.data.sources import Dataset, Split, get_source
 from ptft_jax.errors import ConfigError, DataError
 
-__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "host_batches", "select", "train_augment",
-           "train_transform"]
+__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "host_batches", "select",
+           "train_augment", "train_transform"]
 
 
 def load(cfg, log=print, task: str = "classify_image", workdir: str | None = None,
@@ -19,8 +19,8 @@ def load(cfg, log=print, task: str = "classify_image", workdir: str | None = Non
     text_task = task in ("classify_text", "mlm")
     if not str(cfg.source).startswith("tfds:") and is_text_source(cfg.source) != text_task:
         raise ConfigError(f"data.source {cfg.source} is {'text' if is_text_source(cfg.source) else 'images'} but "
-                          f"the model's task is {task}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:, text:) with "
-                          f"model.name=bert or bert_mlm and image sources with an image model.")
+                          f"the model's task is {task}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:, text:) "
+                          f"with model.name=bert or bert_mlm and image sources with an image model.")
     if text_task:
         ds = load_text_dataset(cfg, task, workdir, init_from, log)
         if task == "mlm" and (cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None):

@@ -282,9 +282,8 @@ def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
                             f"and an integer or string label.")
     if not rows:
         raise DataError(f"{path} holds no rows; add text,label examples.")
-    has_b = [b is not None for *_, b in rows]
-    if any(has_b):
-        for (*_, i, b), hb in zip(rows, has_b):
+    if any(b is not None for *_, b in rows):
+        for _, _, i, b in rows:
             if not isinstance(b, str):
                 raise DataError(f"{path} line {i} has no text_b though other rows do; give every row a string "
                                 f"text_b (sentence pairs) or none.")

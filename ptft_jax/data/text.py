@@ -225,7 +225,8 @@ def load_text_dataset(cfg, task: str, workdir: str | None = None, init_from: str
     cached = None
     if own and os.path.isfile(os.path.join(own, "vocab.txt")):  # a resumed run: its tokenised arrays may be cached
         tok, tok_dir, tok_source = run_tokenizer(cfg, None, workdir, init_from, log)
-        cached = _cache_load(workdir, _cache_key(cfg, task, tok))
+        key = _cache_key(cfg, task, tok)
+        cached = _cache_load(workdir, key)
     if cached is not None:
         train_arrays, test_arrays, meta = cached
         log(f"text: {len(train_arrays['input_ids']):,} train and {len(test_arrays['input_ids']):,} test sequences "
@@ -242,6 +243,7 @@ def load_text_dataset(cfg, task: str, workdir: str | None = None, init_from: str
                             f"{len(raw.test_texts)} test texts; both splits need at least one.")
         tok, tok_dir, tok_source = run_tokenizer(cfg, raw.train_texts + (raw.train_pairs or []), workdir,
                                                  init_from, log)
+        key = _cache_key(cfg, task, tok)
         if task == "mlm":
             def packed(texts, pairs, what):
                 docs = texts if pairs is None else [t for ab in zip(texts, pairs) for t in ab]
@@ -256,7 +258,7 @@ def load_text_dataset(cfg, task: str, workdir: str | None = None, init_from: str
             test_arrays = {**tok.encode(raw.test_texts, raw.test_pairs, max_len=max_len), "label": raw.test_labels}
             num_classes, class_names = raw.num_classes, raw.class_names
         name = raw.name
-        _cache_save(workdir, _cache_key(cfg, task, tok), train_arrays, test_arrays,
+        _cache_save(workdir, key, train_arrays, test_arrays,
                     {"name": name, "num_classes": int(num_classes),
                      "class_names": list(class_names) if class_names else None})
     _check_same_vocabulary(tok)
