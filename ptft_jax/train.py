@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax import data as data_lib
-from ptft_jax import models, optim
+from ptft_jax import compile_cache, models, optim
 from ptft_jax.checkpoint import Checkpoints
 from ptft_jax.config import defaults, flatten, to_json, validate
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
@@ -21,9 +21,9 @@ from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep", "train.steps_per_call", "data.data_dir", "data.in_memory", "data.device_resident",
-                     "data.device_budget_mb", "data.num_threads", "data.prefetch", "data.device_prefetch",
-                     "data.eval_batch_size")
+                     "train.keep", "train.steps_per_call", "train.compile_cache", "data.data_dir", "data.in_memory",
+                     "data.device_resident", "data.device_budget_mb", "data.num_threads", "data.prefetch",
+                     "data.device_prefetch", "data.eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -58,6 +58,7 @@ def setup(config, workdir: str, log=print) -> Run:
                                 ("data.device_resident", str(d.device_resident).lower(), ("auto", "true", "false"))):
         if value not in allowed:
             raise ConfigError(f"{key} is {value!r}; use one of: {', '.join(allowed)}.")
+    compile_cache.enable(t.compile_cache)
     par = Parallel()
     par.check_batch(d.batch_size)
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")

