@@ -93,7 +93,7 @@ def defaults() -> ml_collections.ConfigDict:
         mixup_alpha=0.0,         # > 0: mix each batch with its reverse, weight ~ Beta(alpha, alpha), in the step
         on_nonfinite="stop",     # stop | skip: a non-finite loss or gradient stops the run, or the step is skipped
         compile_cache="auto",    # folder for compiled XLA executables, reused by later runs; auto:
-                                 # ~/.cache/ptft_jax/xla; "": off (see compile_cache.py)
+                                 # ~/.cache/ptft_jax/xla on GPU/TPU, off on CPU; "": off (compile_cache.py)
     ))
     c.init_from = None           # fine-tuning: a pretrained run's workdir or one of its checkpoint step dirs
     c.init_step = None           # with a workdir in init_from: which step (default: latest)

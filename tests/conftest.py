@@ -9,8 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
-# The tests' compile cache (train.compile_cache=auto) and matplotlib's go to one folder per session, not to ~/.cache;
-# the subprocesses inherit it, so an executable compiled by one test is loaded by the next.
+# matplotlib's font cache (and train.compile_cache=auto's folder, were the tests on a GPU) go to one folder per
+# session, not to ~/.cache; the subprocesses inherit it.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ptft_tests_cache_")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import CONFIGS, ROOT
+from ptft_jax import compile_cache
 
 # Trains the digits recipe for a few steps in a fresh process and prints the persistent-cache hits JAX recorded.
 SCRIPT = """
@@ -33,27 +34,29 @@ def run(workdir, env, *overrides):
 
 
 def test_a_second_process_loads_the_compiled_executables(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    first = run(tmp_path / "a", env)
-    folder = tmp_path / "xdg" / "ptft_jax" / "xla"
-    assert first["dir"] == str(folder)
-    entries = sorted(f for f in os.listdir(folder) if f.endswith("-cache"))
+    cache = tmp_path / "cache"
+    first = run(tmp_path / "a", {}, f"train.compile_cache={cache}")
+    assert first["dir"] == str(cache)
+    entries = sorted(f for f in os.listdir(cache) if f.endswith("-cache"))
     assert first["hits"] == 0 and len(entries) >= 3, entries  # init, the train chunk, eval at least
-    second = run(tmp_path / "b", env)
+    second = run(tmp_path / "b", {}, f"train.compile_cache={cache}")
     assert second["hits"] == len(entries), (second, entries)  # every executable the first process compiled
     assert second["accuracy"] == pytest.approx(first["accuracy"])  # same executables, same numbers
 
 
-def test_the_cache_can_be_turned_off_or_moved(tmp_path):
+def test_auto_is_on_for_accelerators_only_and_jax_setting_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = str(tmp_path / "xdg" / "ptft_jax" / "xla")
+    assert compile_cache.folder("auto", "gpu") == compile_cache.folder("auto", "tpu") == default
+    assert compile_cache.folder("auto", "cpu") is None
+    assert compile_cache.folder("", "gpu") is None and compile_cache.folder(None, "gpu") is None
+    assert compile_cache.folder("~/x", "cpu") == os.path.expanduser("~/x")
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    off = run(tmp_path / "a", env, "train.compile_cache=")
-    assert off["dir"] is None and not (tmp_path / "xdg" / "ptft_jax").exists()
-    moved = run(tmp_path / "b", env, f"train.compile_cache={tmp_path / 'mine'}")
-    assert moved["dir"] == str(tmp_path / "mine") and os.listdir(tmp_path / "mine")
-    # JAX's own setting wins over the config's, and its thresholds stay JAX's
-    theirs = run(tmp_path / "c", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")})
-    assert theirs["dir"] == str(tmp_path / "theirs")
+    assert run(tmp_path / "a", env)["dir"] is None  # auto on this CPU
     assert not (tmp_path / "xdg" / "ptft_jax").exists()
+    theirs = run(tmp_path / "b", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")},
+                 f"train.compile_cache={tmp_path / 'mine'}")
+    assert theirs["dir"] == str(tmp_path / "theirs") and not (tmp_path / "mine").exists()
 
 
 def test_an_unusable_cache_folder_is_one_clear_error(tmp_path):
