@@ -66,6 +66,13 @@ class Parallel:
         value = np.asarray(value)
         return jax.make_array_from_callback(value.shape, self.replicated, lambda idx: value[idx])
 
+    def agree(self, flag: bool) -> bool:
+        """Process 0's `flag` on every process: for decisions taken from a clock, which processes read apart."""
+        if self.process_count == 1:
+            return bool(flag)
+        from jax.experimental import multihost_utils
+        return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
+
     def describe(self) -> str:
         d = jax.devices()[0]
         return (f"{self.num_devices} {d.platform} device(s) ({d.device_kind}) in {self.process_count} process(es); "

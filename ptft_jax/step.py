@@ -144,6 +144,28 @@ def make_chunk_fns(train_step, par):
 def make_eval_step(model, mean, std, par, task: str = "classify_image"):
     """Sums over a padded batch (`mask` 0 on padding rows): loss, correct and count, count being examples, or
     masked tokens for mlm; classification also sums per-class tp / fp / fn [C] for F1."""
+    return jax.jit(_eval_fn(model, mean, std, task), out_shardings=par.replicated)
+
+
+def make_resident_eval(model, mean, std, par, task: str = "classify_image"):
+    """The whole evaluation in one call: `evaluate(state, data, idx, mask)` with the split on the devices, idx and
+    mask [n_batches, B]; sums the per-batch results of make_eval_step in batch order, as the host loop does."""
+    eval_step = _eval_fn(model, mean, std, task)
+
+    def evaluate(state, data, idx, mask):
+        def body(totals, xs):
+            batch = {k: v[xs[0]] for k, v in data.items()}
+            batch = jax.lax.with_sharding_constraint({**batch, "mask": xs[1]}, par.batch)
+            out = eval_step(state, batch)
+            return (out if totals is None else jax.tree.map(jnp.add, totals, out)), None
+
+        first, _ = body(None, (idx[0], mask[0]))
+        return jax.lax.scan(body, first, (idx[1:], mask[1:]))[0] if idx.shape[0] > 1 else first
+
+    return jax.jit(evaluate, out_shardings=par.replicated)
+
+
+def _eval_fn(model, mean, std, task):
     def eval_step(state: TrainState, batch):
         logits, _ = forward(model, state.params, state.model_state, model_inputs(batch, task, mean, std), False)
         mask = batch["mask"]
@@ -159,7 +181,7 @@ def make_eval_step(model, mean, std, par, task: str = "classify_image"):
         return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
                 "tp": jnp.sum(p1 * l1, 0), "fp": jnp.sum(p1 * (1 - l1), 0), "fn": jnp.sum((1 - p1) * l1, 0)}
 
-    return jax.jit(eval_step, out_shardings=par.replicated)
+    return eval_step
 
 
 def make_predict_fn(model, mean, std, task: str = "classify_image"):

@@ -17,13 +17,14 @@ from ptft_jax.config import defaults, flatten, to_json, validate
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from ptft_jax.metrics import Console, MetricsFile, f1_scores, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
-from ptft_jax.step import TrainState, make_chunk_fns, make_eval_step, make_train_step, task_for
+from ptft_jax.step import (TrainState, make_chunk_fns, make_eval_step, make_resident_eval, make_train_step,
+                           task_for)
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep", "train.steps_per_call", "train.compile_cache", "data.data_dir", "data.in_memory",
-                     "data.device_resident", "data.device_budget_mb", "data.num_threads", "data.prefetch",
-                     "data.device_prefetch", "data.eval_batch_size")
+                     "train.keep", "train.steps_per_call", "train.compile_cache", "train.checkpoint_min_secs",
+                     "data.data_dir", "data.in_memory", "data.device_resident", "data.device_budget_mb",
+                     "data.num_threads", "data.prefetch", "data.device_prefetch", "data.eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -144,17 +145,25 @@ def restore_or_init(run: Run, log=print) -> TrainState:
     return state
 
 
-def evaluate_state(run: Run, state, eval_step=None) -> dict:
-    eval_step = eval_step or make_eval_step(run.model, run.ds.mean, run.ds.std, run.par, run.task)
+def evaluate_state(run: Run, state, eval_step=None, resident=None) -> dict:
+    """Test metrics of `state`: batch by batch from the host, or with `resident` = (make_resident_eval's function,
+    the test split on the devices) in one call over the same batches."""
     bs = run.config.data.eval_batch_size
     rows = run.par.local_rows(bs)
-    totals = None
-    for batch in data_lib.eval_batches(run.ds.test, bs, rows):
-        batch = {k: run.par.global_array(v, run.par.batch) for k, v in batch.items()}
-        out = eval_step(state, batch)
-        if run.par.sync_each_call:
-            jax.block_until_ready(out)
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    if resident is not None:
+        evaluate, data = resident
+        idx, mask = data_lib.eval_indices(len(run.ds.test), bs)
+        totals = evaluate(state, data, *(run.par.global_array(a[:, rows], run.par.chunk, batch_axis=1)
+                                         for a in (idx, mask)))
+    else:
+        eval_step = eval_step or make_eval_step(run.model, run.ds.mean, run.ds.std, run.par, run.task)
+        totals = None
+        for batch in data_lib.eval_batches(run.ds.test, bs, rows):
+            batch = {k: run.par.global_array(v, run.par.batch) for k, v in batch.items()}
+            out = eval_step(state, batch)
+            if run.par.sync_each_call:
+                jax.block_until_ready(out)
+            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     n = float(totals["count"])
     out = {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n}
@@ -183,6 +192,15 @@ def _use_resident(run: Run) -> bool:
         return False
     nbytes = sum(v.nbytes for v in arrays.values())
     return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
+
+
+def _resident_test(run: Run) -> bool:
+    """With a device-resident training split: whether the test split joins it (in memory, both within budget)."""
+    test = run.ds.test.arrays
+    if test is None or not len(run.ds.test):
+        return False
+    nbytes = sum(v.nbytes for split in (run.ds.train.arrays, test) for v in split.values())
+    return str(run.config.data.device_resident).lower() == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
 
 
 def _call_sizes(n: int, per_call: int) -> list[int]:
@@ -309,8 +327,12 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     every = (t.log_every, eval_every, ckpt_every)
     per_call = t.steps_per_call or _default_per_call(run, state.params, resident)
     feed = None
+    resident_eval = None
     if resident:
         device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
+        if _resident_test(run):  # evaluation in one call too
+            resident_eval = (make_resident_eval(run.model, run.ds.mean, run.ds.std, par, run.task),
+                             {k: par.replicate(v) for k, v in run.ds.test.arrays.items()})
     else:
         batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
                                         cfg.data.num_threads, cfg.data.prefetch,
@@ -324,7 +346,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     console = Console(run.total_steps, start)
     step, last_log_step, last_log_time = start, start, time.perf_counter()
     pending, skipped, unchecked = [], 0, None
-    t_start = time.perf_counter()
+    t_start = last_save = time.perf_counter()
     stopper = StopRequest()
     try:
         for _, k, at_boundary in _call_plan(start, run.total_steps, per_call, every):
@@ -364,13 +386,15 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
                 run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate, skipped_steps=skipped)
                 console.update(step, rate, loss=loss, acc=acc)
             if step % eval_every == 0 and step < run.total_steps:
-                ev = evaluate_state(run, state, eval_step)
+                ev = evaluate_state(run, state, eval_step, resident_eval)
                 run.metrics.write(step, "test", **_scores(ev))
                 console.line(f"step {step}: {_describe(ev)}")
-            if step % ckpt_every == 0 or step == run.total_steps:
+            if step == run.total_steps or (step % ckpt_every == 0 and (
+                    t.checkpoint_every or par.agree(time.perf_counter() - last_save >= t.checkpoint_min_secs))):
                 run.ckpt.save(step, state, force=step == run.total_steps)
+                last_save = time.perf_counter()
         console.close()
-        ev = evaluate_state(run, state, eval_step)
+        ev = evaluate_state(run, state, eval_step, resident_eval)
         run.metrics.write(step, "test", **_scores(ev))
         run.ckpt.wait()
     finally:

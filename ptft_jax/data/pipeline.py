@@ -96,14 +96,20 @@ def host_batches(split: Split, order: EpochOrder, start: int, stop: int, rows: s
     return iter(ds.to_iter_dataset(opts))
 
 
+def eval_indices(n: int, batch_size: int):
+    """(idx, mask), each [n_batches, batch_size]: every example exactly once, in order; the last batch padded with
+    the last example, `mask` 0 on padding."""
+    flat = np.arange(-(-n // batch_size) * batch_size)
+    mask = (flat < n).astype(np.float32)
+    return np.minimum(flat, n - 1).astype(np.int32).reshape(-1, batch_size), mask.reshape(-1, batch_size)
+
+
 def eval_batches(split: Split, batch_size: int, rows: slice):
-    """Every example exactly once; the last batch padded, with `mask` 0 on padding."""
-    n = len(split)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
-        mask = (idx < n).astype(np.float32)
-        batch = split.take(np.minimum(idx, n - 1)[rows])
-        batch["mask"] = mask[rows]
+    """The batches of eval_indices, read from the host split."""
+    idx, mask = eval_indices(len(split), batch_size)
+    for i, m in zip(idx, mask):
+        batch = split.take(i[rows])
+        batch["mask"] = m[rows]
         yield batch
 
 
