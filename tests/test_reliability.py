@@ -206,8 +206,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-MLP_ARGS = [f"--config={DIGITS}", "--config.train.steps=40", "--config.train.log_every=10",
-            "--config.data.batch_size=16", "--config.data.eval_batch_size=40"]
+# MLP: 89 steps an epoch, so the epoch-end checkpoint (its time limit agreed by process 0) falls inside the run.
+MLP_ARGS = [f"--config={DIGITS}", "--config.train.steps=100", "--config.train.log_every=10",
+            "--config.data.batch_size=16", "--config.data.eval_batch_size=40", "--config.train.checkpoint_min_secs=0"]
 # Text: every process reads the docstrings, trains the same WordPiece vocabulary (checked across processes) and
 # masks its rows of each global batch from the same (seed, step) draw.
 MLM_ARGS = [f"--config={os.path.join(ROOT, 'configs', 'pydocs_bert_pretrain.py')}:tiny", "--config.train.steps=6",
@@ -237,3 +238,5 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, args):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     for x, y in zip(jax.tree.leaves(params_of(tmp_path / "single")), jax.tree.leaves(params_of(tmp_path / "multi"))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    saved = lambda d: sorted(int(s) for s in os.listdir(tmp_path / d / "checkpoints") if s.isdigit())  # noqa: E731
+    assert saved("multi") == saved("single") == ([89, 100] if args is MLP_ARGS else [6])
