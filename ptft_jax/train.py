@@ -194,13 +194,17 @@ def _use_resident(run: Run) -> bool:
     return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
 
 
-def _resident_test(run: Run) -> bool:
-    """With a device-resident training split: whether the test split joins it (in memory, both within budget)."""
+def _resident_test(run: Run, train_resident: bool) -> bool:
+    """Whether the test split goes on the devices, to be evaluated in one call: in memory, not masked-LM (masked
+    on the host), device residency not turned off, and within the budget along with a resident training split.
+    Evaluation never augments, so an augmented (host-fed) training split does not keep its test split off."""
+    mode = str(run.config.data.device_resident).lower()
     test = run.ds.test.arrays
-    if test is None or not len(run.ds.test):
+    if test is None or not len(run.ds.test) or run.task == "mlm" or mode == "false":
         return False
-    nbytes = sum(v.nbytes for split in (run.ds.train.arrays, test) for v in split.values())
-    return str(run.config.data.device_resident).lower() == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
+    splits = (run.ds.train.arrays, test) if train_resident else (test,)
+    nbytes = sum(v.nbytes for split in splits for v in split.values())
+    return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
 
 
 def _call_sizes(n: int, per_call: int) -> list[int]:
@@ -328,11 +332,11 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     per_call = t.steps_per_call or _default_per_call(run, state.params, resident)
     feed = None
     resident_eval = None
+    if _resident_test(run, resident):  # evaluation in one call
+        resident_eval = (make_resident_eval(run.model, run.ds.mean, run.ds.std, par, run.task),
+                         {k: par.replicate(v) for k, v in run.ds.test.arrays.items()})
     if resident:
         device_data = {k: par.replicate(v) for k, v in run.ds.train.arrays.items()}
-        if _resident_test(run):  # evaluation in one call too
-            resident_eval = (make_resident_eval(run.model, run.ds.mean, run.ds.std, par, run.task),
-                             {k: par.replicate(v) for k, v in run.ds.test.arrays.items()})
     else:
         batches = data_lib.host_batches(run.ds.train, run.order, start, run.total_steps, rows,
                                         cfg.data.num_threads, cfg.data.prefetch,

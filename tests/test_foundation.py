@@ -74,7 +74,14 @@ def test_resident_evaluation_matches_the_host_batches(tmp_path):
     train_mod = importlib.import_module("ptft_jax.train")
     from ptft_jax.step import make_resident_eval
     run = train_mod.setup(small_digits(**{"data.eval_batch_size": 64}), str(tmp_path / "run"))
-    assert train_mod._resident_test(run) and len(run.ds.test) % 64  # 360 examples: the last batch is padded
+    assert train_mod._resident_test(run, True) and len(run.ds.test) % 64  # 360 examples: the last is padded
+    assert train_mod._resident_test(run, False)  # an augmented, host-fed training split: the test split still goes
+    run.config.data.device_budget_mb = 0.1
+    assert train_mod._resident_test(run, False) and not train_mod._resident_test(run, True)  # 24 KB of test data, 98 KB of train
+    run.config.data.device_budget_mb = 0.01
+    assert not train_mod._resident_test(run, False)
+    run.config.data.device_resident = "false"
+    assert not train_mod._resident_test(run, False)
     state = train_mod.init_state(run)
     host = train_mod.evaluate_state(run, state)
     evaluate = make_resident_eval(run.model, run.ds.mean, run.ds.std, run.par, run.task)
