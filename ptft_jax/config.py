@@ -85,8 +85,8 @@ def defaults() -> ml_collections.ConfigDict:
         seed=0,                  # params init, data order and dropout
         log_every=50,            # steps between console lines and train metrics
         eval_every=None,         # steps between test evaluations; None: once per epoch
-        checkpoint_every=None,   # steps between checkpoints; None: once per epoch, at most once a
-        checkpoint_min_secs=60,  # <- this many seconds (the last step and a stop signal always save)
+        checkpoint_every=None,   # steps between checkpoints; None: once per epoch, but not within
+        checkpoint_min_secs=60,  # this many seconds of the last save (the last step and a stop signal always save)
         keep=3,                  # checkpoints kept
         steps_per_call=None,     # steps per jitted call; None: up to log_every, at most 256 MB of host batches
                                  # (1 for conv nets on CPU)

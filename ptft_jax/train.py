@@ -190,21 +190,24 @@ def _use_resident(run: Run) -> bool:
         if mode == "true" and arrays is None:
             raise ConfigError("data.device_resident=true needs the training split in memory; set data.in_memory=true.")
         return False
-    nbytes = sum(v.nbytes for v in arrays.values())
-    return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
+    return _fits(run, arrays)
+
+
+def _fits(run: Run, *splits) -> bool:
+    """Whether these splits' arrays go on the devices: data.device_resident=true, or within data.device_budget_mb."""
+    nbytes = sum(v.nbytes for split in splits for v in split.values())
+    return str(run.config.data.device_resident).lower() == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
 
 
 def _resident_test(run: Run, train_resident: bool) -> bool:
     """Whether the test split goes on the devices, to be evaluated in one call: in memory, not masked-LM (masked
     on the host), device residency not turned off, and within the budget along with a resident training split.
     Evaluation never augments, so an augmented (host-fed) training split does not keep its test split off."""
-    mode = str(run.config.data.device_resident).lower()
     test = run.ds.test.arrays
-    if test is None or not len(run.ds.test) or run.task == "mlm" or mode == "false":
+    off = str(run.config.data.device_resident).lower() == "false"
+    if test is None or not len(run.ds.test) or run.task == "mlm" or off:
         return False
-    splits = (run.ds.train.arrays, test) if train_resident else (test,)
-    nbytes = sum(v.nbytes for split in splits for v in split.values())
-    return mode == "true" or nbytes <= run.config.data.device_budget_mb * 2**20
+    return _fits(run, run.ds.train.arrays, test) if train_resident else _fits(run, test)
 
 
 def _call_sizes(n: int, per_call: int) -> list[int]:

@@ -77,7 +77,8 @@ def test_resident_evaluation_matches_the_host_batches(tmp_path):
     assert train_mod._resident_test(run, True) and len(run.ds.test) % 64  # 360 examples: the last is padded
     assert train_mod._resident_test(run, False)  # an augmented, host-fed training split: the test split still goes
     run.config.data.device_budget_mb = 0.1
-    assert train_mod._resident_test(run, False) and not train_mod._resident_test(run, True)  # 24 KB of test data, 98 KB of train
+    # 24 KB of test data fit in 0.1 MB, not with the 98 KB of the training split
+    assert train_mod._resident_test(run, False) and not train_mod._resident_test(run, True)
     run.config.data.device_budget_mb = 0.01
     assert not train_mod._resident_test(run, False)
     run.config.data.device_resident = "false"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.peers import timed_calls
+from bench.peers import step_row, timed_calls
 
 PRESETS = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
            "base": (12, 768, 12), "large": (24, 1024, 16)}
@@ -152,11 +152,6 @@ def step(batch, params, size="base", dims=None, vocab_size=30522, dropout_rate=0
 
     loss, first, per_call, times = timed_calls(run, repeats, warmup)
     assert math.isfinite(loss.item()), f"torch {name}: loss {loss.item()}"
-    peak = torch.cuda.max_memory_allocated() if cuda else None
     del model, opt
-    if cuda:
-        torch.cuda.empty_cache()  # the JAX rows that follow share the device
     dtype = "bfloat16 autocast" if cuda else "float32"
-    return {"impl": f"torch eager, {name}, {dtype}", "steps_per_s": steps / per_call, "first_call_s": first,
-            "steady_call_s": per_call, "call_s": times, "params": n,
-            "peak_bytes": peak}
+    return step_row(f"torch eager, {name}, {dtype}", steps, first, per_call, times, n, cuda)

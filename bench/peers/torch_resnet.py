@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.peers import timed_calls
+from bench.peers import step_row, timed_calls
 
 KNOWN_COUNTS = {("basic", (2, 2, 2, 2), 64, "cifar", 10): 11_173_962,
                 ("bottleneck", (3, 4, 6, 3), 64, "imagenet", 1000): 25_557_032}
@@ -134,11 +134,6 @@ def step(images, labels, params, block="basic", stage_sizes=(2, 2, 2, 2), width=
             torch.cuda.synchronize()
 
     _, first, per_call, times = timed_calls(run, repeats, warmup)
-    peak = torch.cuda.max_memory_allocated() if cuda else None
     del model, opt
-    if cuda:
-        torch.cuda.empty_cache()  # the JAX rows that follow share the device
     dtype = "bfloat16 autocast, channels_last" if cuda else "float32"
-    return {"impl": f"torch eager, fixed batch, {dtype}", "steps_per_s": steps / per_call, "first_call_s": first,
-            "steady_call_s": per_call, "call_s": times, "params": n,
-            "peak_bytes": peak}
+    return step_row(f"torch eager, fixed batch, {dtype}", steps, first, per_call, times, n, cuda)

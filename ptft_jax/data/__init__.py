@@ -6,8 +6,8 @@ from ptft_jax.data.pipeline import DeviceFeed, EpochOrder, eval_batches, eval_in
 from ptft_jax.data.sources import Dataset, Split, get_source
 from ptft_jax.errors import ConfigError, DataError
 
-__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "eval_indices", "host_batches", "select",
-           "train_augment", "train_transform"]
+__all__ = ["Dataset", "Split", "DeviceFeed", "EpochOrder", "load", "eval_batches", "eval_indices", "host_batches",
+           "select", "train_augment", "train_transform"]
 
 
 def load(cfg, log=print, task: str = "classify_image", workdir: str | None = None,
