@@ -21,54 +21,24 @@ flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g.
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
-_OVERRIDES = []
 
 
-def split_overrides(argv):
-    """Takes --config.KEY=VALUE out of argv (absl does not know them); returns the rest."""
-    rest = []
-    for arg in argv:
-        if arg.startswith("--config."):
-            _OVERRIDES.append(arg[len("--config."):])
-        else:
-            rest.append(arg)
-    return rest
+def parse_flags(argv):
+    """absl's flags, plus the --config.KEY=VALUE overrides absl does not know: (the rest of argv, overrides)."""
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    return app.parse_flags_with_usage([a for a in argv if not a.startswith("--config.")]), overrides
 
 
-def main(argv):
+def main(parsed):
+    argv, overrides = parsed
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
     import ptft_jax
-    from ptft_jax.parallel import initialize
 
     try:
-        if FLAGS.mode == "predict":
-            _predict(ptft_jax)
-            return None
-        if FLAGS.mode == "report":
-            if not FLAGS.workdir:
-                raise ptft_jax.ConfigError("--mode=report needs --workdir=SWEEP_DIR.")
-            ptft_jax.sweep.report(FLAGS.workdir)
-            return None
-        if FLAGS.sweep or FLAGS.sweep_print:
-            if not FLAGS.config or not FLAGS.workdir:
-                raise ptft_jax.ConfigError("A sweep needs --config=configs/NAME.py and --workdir=DIR.")
-            if FLAGS.sweep_print:
-                print("\n".join(ptft_jax.sweep.commands(FLAGS.config, FLAGS.workdir, _OVERRIDES)))
-                return None
-            initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-            ptft_jax.sweep.run(FLAGS.config, FLAGS.workdir, _OVERRIDES)
-            return None
-        if not FLAGS.config or not FLAGS.workdir:
-            raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
-        initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-        config = ptft_jax.load_config(FLAGS.config, _OVERRIDES)
-        if FLAGS.mode == "train":
-            ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
-        else:
-            ptft_jax.evaluate(config, FLAGS.workdir)
+        _run(ptft_jax, overrides)
     except ptft_jax.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -78,20 +48,37 @@ def main(argv):
         sys.exit(2)
 
 
-def _predict(ptft_jax):
-    """Prints one JSON line per input: {"index", "class", "probabilities"}."""
-    import json
-    import os
-    if not FLAGS.workdir or not FLAGS.input:
-        raise ptft_jax.ConfigError("--mode=predict needs --workdir=RUN and --input=PATH.")
-    probs = ptft_jax.predict(FLAGS.workdir, FLAGS.input)
-    with open(os.path.join(FLAGS.workdir, "data.json")) as f:
-        names = json.load(f).get("class_names")
-    for i, p in enumerate(probs):
-        k = int(p.argmax())
-        print(json.dumps({"index": i, "class": names[k] if names else k,
-                          "probabilities": [round(float(v), 6) for v in p]}))
+def _run(ptft_jax, overrides):
+    if FLAGS.mode == "predict":
+        if not FLAGS.workdir or not FLAGS.input:
+            raise ptft_jax.ConfigError("--mode=predict needs --workdir=RUN and --input=PATH.")
+        from ptft_jax.predict import print_jsonl
+        print_jsonl(FLAGS.workdir, FLAGS.input)
+        return
+    if FLAGS.mode == "report":
+        if not FLAGS.workdir:
+            raise ptft_jax.ConfigError("--mode=report needs --workdir=SWEEP_DIR.")
+        ptft_jax.sweep.report(FLAGS.workdir)
+        return
+    from ptft_jax.parallel import initialize
+    if FLAGS.sweep or FLAGS.sweep_print:
+        if not FLAGS.config or not FLAGS.workdir:
+            raise ptft_jax.ConfigError("A sweep needs --config=configs/NAME.py and --workdir=DIR.")
+        if FLAGS.sweep_print:
+            print("\n".join(ptft_jax.sweep.commands(FLAGS.config, FLAGS.workdir, overrides)))
+            return
+        initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        ptft_jax.sweep.run(FLAGS.config, FLAGS.workdir, overrides)
+        return
+    if not FLAGS.config or not FLAGS.workdir:
+        raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
+    config = ptft_jax.load_config(FLAGS.config, overrides)  # before jax.distributed: a bad config fails fast
+    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    if FLAGS.mode == "train":
+        ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    else:
+        ptft_jax.evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main, argv=split_overrides(sys.argv))
+    app.run(main, flags_parser=parse_flags)

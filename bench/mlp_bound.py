@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.run import fake_images, matmul_rate, step_flops, step_setup
 from ptft_jax.parallel import Parallel
-from ptft_jax.step import TrainState, make_chunk_fns
+from ptft_jax.step import TrainState, make_chunk_fn
 
 K = 100  # steps per call
 BIG = 2 * 256 * 784 * 256  # FLOPs of each of the two big matmuls
@@ -97,11 +97,11 @@ def main(argv=None):
     idx = jnp.asarray(np.stack([np.random.default_rng(i).permutation(60_000)[:256] for i in range(K)]).astype(np.int32))
 
     def chunk(step):
-        _, resident = make_chunk_fns(step, par)
+        resident = make_chunk_fn(step, par)
         held = [jax.tree.map(jnp.copy, state)]
 
         def run():
-            held[0], _ = resident(held[0], data, idx)
+            held[0], _ = resident(held[0], {"data": data, "idx": idx})
             jax.block_until_ready(held[0])
         return run
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import importlib
@@ -39,7 +40,8 @@ import numpy as np  # noqa: E402
 import ptft_jax  # noqa: E402
 from ptft_jax import models, optim  # noqa: E402
 from ptft_jax.parallel import Parallel  # noqa: E402
-from ptft_jax.step import TrainState, make_chunk_fns, make_train_step, model_inputs, task_for  # noqa: E402
+from ptft_jax import tasks  # noqa: E402
+from ptft_jax.step import TrainState, make_chunk_fn, make_train_step  # noqa: E402
 
 MLP = dict(model=dict(name="mlp", hidden=(256, 128)), shape=(28, 28, 1), classes=10, batch=256, lr=0.01,
            train_size=60_000, test_size=10_000)
@@ -139,7 +141,7 @@ def step_setup(name):
     tx = optim.build(cfg.optim, 1000)
     params = model.init(jax.random.key(0), jnp.zeros((1, *w["shape"])), train=False)["params"]
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
-    train_step = make_train_step(model, tx, (0.5,), (0.25,), 0)
+    train_step = make_train_step(model, tx, tasks.ImageClassification(mean=(0.5,), std=(0.25,)), 0)
     x, y = fake_images(w["batch"], w["shape"], w["classes"], 0)
     return state, train_step, {"image": jnp.asarray(x), "label": jnp.asarray(y)}, models.count_params(params)
 
@@ -170,7 +172,7 @@ def run_step(w, a):
     rows.append(dict(impl="jax jit, 1 step/call", compile_s=first - per, steps_per_s=a["calls"] / per))
     # lax.scan over K steps per call, gathering batches from a device-resident split (the loop's fast path).
     par = Parallel()
-    _, resident_chunk = make_chunk_fns(train_step, par)
+    resident_chunk = make_chunk_fn(train_step, par)
     n = a["train_size"] or w["train_size"]
     x, y = fake_images(n, w["shape"], w["classes"], 0)
     data = {"image": par.replicate(x), "label": par.replicate(y)}
@@ -179,7 +181,7 @@ def run_step(w, a):
     held = [jax.tree.map(jnp.copy, state)]
 
     def chunk():
-        held[0], m = resident_chunk(held[0], data, idx)
+        held[0], m = resident_chunk(held[0], {"data": data, "idx": idx})
         return held[0]
 
     first, per = timed(chunk, a["repeats"])
@@ -264,7 +266,7 @@ def recipe(w):
 def synthetic_batch(w, task, rng):
     """One batch as the host pipeline hands it to the step: uint8 images + int32 labels, or a masked-LM batch."""
     b = w["batch"]
-    if task == "mlm":
+    if isinstance(task, tasks.MaskedLM):
         t, p, vocab = w["seq"], w["predictions"], w["model"]["vocab_size"]
         positions = np.sort(np.argsort(rng.random((b, t - 1)), axis=1)[:, :p] + 1, axis=1)  # distinct, not [CLS]
         return {"input_ids": rng.integers(0, vocab, (b, t), dtype=np.int32),
@@ -280,18 +282,20 @@ def synthetic_batch(w, task, rng):
 def model_setup(w):
     """(cfg, model, TrainState, train_step, batch as NumPy, parameter count, mean, std) of a model_step workload."""
     cfg = recipe(w)
-    task = task_for(cfg.model["name"])
-    model = models.build(cfg.model, None if task == "mlm" else w["classes"])
     mean = tuple(cfg.data.mean or CIFAR_MEAN)
     std = tuple(cfg.data.std or CIFAR_STD)
+    task = tasks.from_config(cfg)
+    if isinstance(task, tasks.ImageClassification):
+        task = dataclasses.replace(task, mean=mean, std=std)
+    model = models.build(cfg.model, None if isinstance(task, tasks.MaskedLM) else w["classes"])
     batch = synthetic_batch(w, task, np.random.default_rng(0))
-    dummy = model_inputs({k: v[:1] for k, v in batch.items()}, task, mean, std)
+    dummy = task.inputs({k: v[:1] for k, v in batch.items()})
     variables = jax.jit(lambda key: model.init(key, dummy, train=False))(jax.random.key(0))
     params = variables["params"]
     tx = optim.build(cfg.optim, 100_000, steps_per_epoch=1_000)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                        {k: v for k, v in variables.items() if k != "params"})
-    train_step = make_train_step(model, tx, mean, std, 0, cfg.train.label_smoothing, task=task)
+    train_step = make_train_step(model, tx, task, 0)
     return cfg, model, state, train_step, batch, models.count_params(params), mean, std
 
 

@@ -1,6 +1,7 @@
-"""Orbax checkpoints under WORKDIR/checkpoints: save, resume, and raw restore for grafting."""
+"""Orbax checkpoints under WORKDIR/checkpoints: save, resume, raw restore, and `init_from` parsed once."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -8,6 +9,62 @@ import jax
 import orbax.checkpoint as ocp
 
 from ptft_jax.errors import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+    """Where a fine-tuning run's weights come from: `init_from` (a run's workdir, its checkpoints/ folder, or a
+    checkpoint step directory) and `init_step`, parsed once."""
+    path: str          # as given, made absolute
+    directory: str     # the Orbax checkpoints folder
+    step: int | None   # the step asked for (a step directory's own, or init_step); None: the latest
+
+    @property
+    def workdir(self) -> str:
+        """The pretraining run's workdir (its tokenizer/ lives there)."""
+        parent, base = os.path.split(self.directory)
+        return parent if base == "checkpoints" else self.directory
+
+    @classmethod
+    def parse(cls, path, step: int | None = None) -> "InitFrom":
+        path = os.path.abspath(os.path.expanduser(str(path))).rstrip("/")
+        if not os.path.exists(path):
+            raise CheckpointError(f"init_from {path} does not exist; point it at a pretraining run's workdir.")
+        base = os.path.basename(path)
+        if os.path.isdir(os.path.join(path, "checkpoints")):
+            return cls(path, os.path.join(path, "checkpoints"), step)
+        if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+            return cls(path, os.path.dirname(path), int(base))
+        if os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
+            return cls(path, path, step)
+        raise CheckpointError(f"init_from {path} is neither a run's workdir nor a checkpoint step directory; "
+                              f"point it at WORKDIR or WORKDIR/checkpoints/STEP of a pretraining run.")
+
+    def restore(self):
+        """(the step directory, its step, the saved tree as host arrays, raw: no target needed)."""
+        ck = Checkpoints(self.directory, create=False)
+        try:
+            steps = ck.all_steps()
+            if not steps:
+                raise CheckpointError(f"init_from {self.path} holds no complete checkpoint; finish the pretraining "
+                                      f"run first.")
+            step = max(steps) if self.step is None else self.step
+            if step not in steps:
+                raise CheckpointError(f"init_from {self.path} has no checkpoint at step {step}; it has steps "
+                                      f"{sorted(steps)}.")
+            try:
+                raw = ck.restore_raw(step)
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint is reported, not raised raw
+                raise CheckpointError(f"The checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}); "
+                                      f"it may be damaged: pick another step with init_step.") from e
+        finally:
+            ck.close()
+        return os.path.join(self.directory, str(step)), step, jax.device_get(raw)
+
+
+def load_checkpoint(path: str, step: int | None = None):
+    """(source path, step, raw saved tree) from a workdir, its checkpoints/ folder, or a checkpoint step dir."""
+    return InitFrom.parse(path, step).restore()
 
 
 class Checkpoints:
@@ -68,6 +125,14 @@ class Checkpoints:
     def metadata(self, step: int):
         """The saved tree's shapes and dtypes, without reading the arrays."""
         return self.manager.item_metadata(step).state
+
+    def preempted(self, step: int) -> bool:
+        """Whether the cluster announced a preemption (jax.distributed's preemption sync point, as Orbax reads it):
+        the loop then saves and stops as for SIGTERM. False where no such service runs."""
+        try:
+            return bool(self.manager.reached_preemption(step))
+        except RuntimeError:  # no preemption sync manager in this jax.distributed setup
+            return False
 
     def wait(self):
         try:

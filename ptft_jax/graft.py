@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from ptft_jax.checkpoint import InitFrom, load_checkpoint  # noqa: F401 (load_checkpoint: part of this API)
 from ptft_jax.errors import CheckpointError, ConfigError
 
 ACTIONS = ("load", "init", "zero", "skip", "load_or_init")
@@ -144,13 +145,15 @@ def content_hash(flat_by_collection: Mapping[str, Mapping[str, Any]]) -> str:
 def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = None):
     """Returns (variables, GraftReport): `fresh_variables` with leaves taken from `checkpoint` by `rules`.
 
-    `checkpoint` is a run's workdir, a checkpoint step directory, or a variables-like tree
+    `checkpoint` is a run's workdir, a checkpoint step directory, an `InitFrom`, or a variables-like tree
     ({"params": ..., "batch_stats": ...}, or a raw saved state with "params" and "model_state").
     """
     rules = normalize_rules(rules)
     source = None
     if isinstance(checkpoint, (str, os.PathLike)):
-        source, step, checkpoint = load_checkpoint(str(checkpoint), step)
+        checkpoint = InitFrom.parse(checkpoint, step)
+    if isinstance(checkpoint, InitFrom):
+        source, step, checkpoint = checkpoint.restore()
     ckpt = dict(checkpoint)
     if "model_state" in ckpt:  # a saved TrainState
         ckpt = {"params": ckpt["params"], **(ckpt.get("model_state") or {})}
@@ -211,56 +214,3 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
     variables = {c: unflatten(leaves) for c, leaves in out.items()}
     report = GraftReport(source, step, content_hash(ck), [list(r) for r in rules], rows, skipped)
     return variables, report
-
-
-def load_checkpoint(path: str, step: int | None = None):
-    """(source path, step, raw saved tree) from a workdir, its checkpoints/ folder, or a checkpoint step dir."""
-    from ptft_jax.checkpoint import Checkpoints
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise CheckpointError(f"init_from {path} does not exist; point it at a pretraining run's workdir.")
-    base = os.path.basename(path.rstrip("/"))
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        directory = os.path.join(path, "checkpoints")
-    elif base.isdigit() and os.path.isdir(os.path.join(path, "state")):
-        directory, step = os.path.dirname(path), int(base)
-    elif os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
-        directory = path
-    else:
-        raise CheckpointError(f"init_from {path} is neither a run's workdir nor a checkpoint step directory; "
-                              f"point it at WORKDIR or WORKDIR/checkpoints/STEP of a pretraining run.")
-    ck = Checkpoints(directory, create=False)
-    try:
-        steps = ck.all_steps()
-        if not steps:
-            raise CheckpointError(f"init_from {path} holds no complete checkpoint; finish the pretraining run first.")
-        if step is None:
-            step = max(steps)
-        elif step not in steps:
-            raise CheckpointError(f"init_from {path} has no checkpoint at step {step}; it has steps {steps}.")
-        try:
-            raw = ck.restore_raw(step)
-        except CheckpointError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is reported, not raised raw
-            raise CheckpointError(f"The checkpoint {directory}/{step} cannot be read ({type(e).__name__}); "
-                                  f"it may be damaged: pick another step with init_step.") from e
-    finally:
-        ck.close()
-    return os.path.join(directory, str(step)), step, jax.device_get(raw)
-
-
-def graft_into_state(run, state, log=print):
-    """Fine-tuning start: the fresh state with leaves grafted from `config.init_from`; writes graft.json."""
-    from ptft_jax.step import TrainState
-    cfg = run.config
-    fresh = {"params": state.params, **state.model_state}
-    variables, report = graft(jax.device_get(fresh), cfg.init_from, cfg.graft, step=cfg.init_step)
-    variables = jax.tree.map(run.par.replicate, variables)
-    params = variables.pop("params")
-    if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "graft.json"), "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
-    log(report.table())
-    opt_state = jax.jit(run.tx.init, out_shardings=run.par.replicated)(params)
-    return TrainState(state.step, params, opt_state, variables)

@@ -38,8 +38,8 @@ class Parallel:
         self.mesh = Mesh(np.asarray(devices), ("data",))
         self.num_devices = len(devices)
         self.replicated = NamedSharding(self.mesh, P())
-        self.batch = NamedSharding(self.mesh, P("data"))
-        self.chunk = NamedSharding(self.mesh, P(None, "data"))  # [steps, batch, ...]
+        self.batch_sharded = NamedSharding(self.mesh, P("data"))
+        self.chunk_sharded = NamedSharding(self.mesh, P(None, "data"))  # [steps, batch, ...]
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
         # Dispatching collectives back to back can stall XLA's CPU rendezvous: wait on each call there.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptft_jax.data.sources import Dataset, Split
+from ptft_jax.dataset import Dataset, Split
 from ptft_jax.errors import ConfigError
 
 KINDS = ("crop_flip", "inception_crop")

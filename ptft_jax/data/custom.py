@@ -1,4 +1,4 @@
-"""The user's own data, no TFDS: `npz:PATH`, `folder:PATH[@HxW]` (images) and `csv:PATH`, `jsonl:PATH` (text).
+"""The user's own images, no TFDS: `npz:PATH` and `folder:PATH[@HxW]` (text files: ptft_jax/text/sources.py).
 
 npz:PATH     arrays `x` (images) and `y` (labels), optionally `x_test` and `y_test`; without them the examples are
              split (stratified) by data.test_fraction and data.split_seed. `x` may be uint8 (or any integers in
@@ -8,104 +8,29 @@ folder:PATH  one subfolder per class (sorted names -> labels 0..k-1) holding PNG
              the files directly inside it); or `train/` and `test/` subfolders, each holding such class subfolders,
              used as the splits. Images become RGB ("L" when every image is grayscale) and are resized to the most
              common size in the folder, or to HxW given as `folder:PATH@HxW` (e.g. folder:/data/pets@32x32).
-csv:/jsonl:  text classification rows (`load_text`): a CSV with a header row and `text` and `label` columns, or
-             one JSON object per line with "text" and "label" keys; an optional `text_b` column / key makes
-             sentence pairs ([CLS] text [SEP] text_b [SEP], token type 1 for the second segment). Labels are class
-             indices 0..k-1 or names (sorted names -> 0..k-1).
-
 Labels must be integers 0..k-1 with at least one example of each (an empty class is an error unless
 data.classes leaves it out). Every problem raises a `DataError` naming the file.
 """
 from __future__ import annotations
 
 import collections
-import csv
-import dataclasses
-import json
 import os
 import re
 import zipfile
 
 import numpy as np
 
-from ptft_jax.data.sources import Dataset, Split, stratified_split
+from ptft_jax.dataset import Dataset, Split, check_file, check_labels, split_or_refuse
 from ptft_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16")
 
 
-@dataclasses.dataclass
-class TextDataset:
-    name: str
-    train_texts: list
-    train_labels: np.ndarray  # int32 [N]
-    test_texts: list
-    test_labels: np.ndarray
-    num_classes: int
-    class_names: tuple | None = None
-    train_pairs: list | None = None  # the second segments of sentence pairs, or None for single texts
-    test_pairs: list | None = None
-
-
 def load_images(source: str, cfg) -> Dataset:
     """`npz:PATH` or `folder:PATH[@HxW]` as a `Dataset` of uint8 [N,H,W,C] images and int32 labels."""
     kind, _, path = source.partition(":")
     return load_npz(path, cfg) if kind == "npz" else load_folder(path, cfg)
-
-
-def _check_file(path: str, folder: bool = False) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path} does not exist; check the path in data.source.")
-    if folder and not os.path.isdir(path):
-        raise DataError(f"{path} is not a folder; folder: needs a folder with one subfolder per class.")
-    if not folder and os.path.isdir(path):
-        raise DataError(f"{path} is a folder, not a file; use folder:{path} for an image folder.")
-    if not folder and os.path.getsize(path) == 0:
-        raise DataError(f"{path} is an empty file; write the data into it.")
-    return path
-
-
-def check_labels(y, where: str, num_classes: int | None = None, classes=None) -> tuple[np.ndarray, int]:
-    """Labels as int32 and the number of classes (max label + 1, from the training labels when not given)."""
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise DataError(f"{where}: the labels have shape {y.shape}, not [N]; store one class index per example.")
-    if not np.issubdtype(y.dtype, np.integer) and not (
-            np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-        raise DataError(f"{where}: the labels are not integers (dtype {y.dtype}); store class indices 0..k-1.")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{where}: negative label {int(y.min())}; labels must be class indices 0..k-1.")
-    y = y.astype(np.int64)
-    if num_classes is None:
-        present = np.unique(y)  # sorted, so the first i with present[i] != i is a missing class
-        num_classes = int(present[-1]) + 1 if len(present) else 0
-        if classes is None:
-            empty = np.flatnonzero(present != np.arange(len(present)))[:1].tolist()
-        else:  # data.classes keeps only some labels: only those need examples
-            empty = [c for c in map(int, classes) if c not in set(present.tolist())]
-        if empty:
-            raise DataError(f"{where}: empty class {empty[0]} (no example has label {empty[0]}, labels go up to "
-                            f"{num_classes - 1}); renumber the labels 0..k-1 without gaps.")
-    elif len(y) and y.max() >= num_classes:
-        raise DataError(f"{where}: label {int(y.max())} is outside the {num_classes} classes of the training "
-                        f"labels; use only labels 0..{num_classes - 1}.")
-    return y.astype(np.int32), num_classes
-
-
-def _split(path: str, x, y, test_fraction: float, seed: int):
-    counts = collections.Counter(np.asarray(y).tolist())
-    if counts and min(counts.values()) < 2:
-        c = min(counts, key=counts.get)
-        raise DataError(f"{path}: class {c} has only 1 example, too few for a stratified train/test split; "
-                        f"add examples or give a test split.")
-    try:
-        return stratified_split(x, y, test_fraction, seed)
-    except ValueError as e:
-        reason = str(e).split(". ")[0].rstrip(".")
-        raise DataError(f"{path}: cannot split into train and test with data.test_fraction={test_fraction} "
-                        f"({reason}); change data.test_fraction or give a test split.") from None
 
 
 def _dataset(name, xtr, ytr, xte, yte, num_classes, class_names=None) -> Dataset:
@@ -142,7 +67,7 @@ def _as_images(x: np.ndarray, where: str) -> np.ndarray:
 
 def load_npz(path: str, cfg) -> Dataset:
     """An .npz with `x`, `y` and optionally `x_test`, `y_test` (see the module docstring)."""
-    path = _check_file(path)
+    path = check_file(path)
     unreadable = DataError(f"{path} is not a readable .npz file; save it with np.savez(path, x=x, y=y).")
     try:
         f = np.load(path, allow_pickle=False)
@@ -182,7 +107,7 @@ def load_npz(path: str, cfg) -> Dataset:
                             f"both the same shape.")
         (xtr, ytr) = (x, y)
     else:
-        (xtr, ytr), (xte, yte) = _split(path, x, y, cfg.test_fraction, cfg.split_seed)
+        (xtr, ytr), (xte, yte) = split_or_refuse(path, x, y, cfg.test_fraction, cfg.split_seed)
     name = os.path.splitext(os.path.basename(path))[0]
     return _dataset(name, xtr, ytr, xte, yte, num_classes)
 
@@ -220,7 +145,7 @@ def load_folder(spec: str, cfg) -> Dataset:
     """An image folder, `PATH` or `PATH@HxW` (see the module docstring)."""
     m = re.fullmatch(r"(.*)@(\d+)x(\d+)", spec)
     path, size = (m.group(1), (int(m.group(3)), int(m.group(2)))) if m else (spec, None)  # PIL sizes are (W, H)
-    path = _check_file(path, folder=True)
+    path = check_file(path, folder=True)
     if size is not None and min(size) == 0:
         raise DataError(f"folder:{spec} asks for a zero image size; give a positive @HxW.")
     tr, te = os.path.join(path, "train"), os.path.join(path, "test")
@@ -243,75 +168,50 @@ def load_folder(spec: str, cfg) -> Dataset:
     if test_files:
         (xtr, ytr), (xte, yte) = (x[:n], y[:n]), (x[n:], y[n:])
     else:
-        (xtr, ytr), (xte, yte) = _split(path, x, y, cfg.test_fraction, cfg.split_seed)
+        (xtr, ytr), (xte, yte) = split_or_refuse(path, x, y, cfg.test_fraction, cfg.split_seed)
     return _dataset(os.path.basename(os.path.normpath(path)), xtr, ytr, xte, yte, len(names), tuple(names))
 
 
-def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
-    """(text, label, text_b or None) of every row."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if fmt == "csv":
-                reader = csv.DictReader(f)
-                cols = reader.fieldnames or []
-                if "text" not in cols or "label" not in cols:
-                    raise DataError(f"{path} has no 'text' and 'label' columns in its header row (found: "
-                                    f"{', '.join(cols) or 'none'}); name the columns text,label.")
-                rows = [(r["text"], r["label"], reader.line_num, r.get("text_b")) for r in reader]
-            else:
-                for i, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path} line {i} is not valid JSON ({e.msg}); write one JSON object "
-                                        f"per line.") from None
-                    if not isinstance(r, dict) or "text" not in r or "label" not in r:
-                        raise DataError(f"{path} line {i} is not an object with 'text' and 'label' keys; write "
-                                        f'{{"text": ..., "label": ...}} on each line.')
-                    rows.append((r["text"], r["label"], i, r.get("text_b")))
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
-    except csv.Error as e:
-        raise DataError(f"{path} is not a readable CSV file ({e}); check its quoting.") from None
-    for text, label, i, _ in rows:
-        if not isinstance(text, str) or label is None or label == "" or isinstance(label, (bool, float, list, dict)):
-            raise DataError(f"{path} line {i} has no text or a missing or invalid label; give a string text "
-                            f"and an integer or string label.")
-    if not rows:
-        raise DataError(f"{path} holds no rows; add text,label examples.")
-    if any(b is not None for *_, b in rows):
-        for _, _, i, b in rows:
-            if not isinstance(b, str):
-                raise DataError(f"{path} line {i} has no text_b though other rows do; give every row a string "
-                                f"text_b (sentence pairs) or none.")
-    return [(t, l, b) for t, l, _, b in rows]
+def read_images(path: str, image_shape) -> np.ndarray:
+    """uint8 images [N,H,W,C] from an .npz (array `x`), a .npy, an image file, or a folder of images, image files
+    converted and resized to `image_shape`."""
+    from PIL import Image
+    if not os.path.exists(path):
+        raise DataError(f"Input {path} does not exist; pass an .npz/.npy of images, an image file or a folder.")
+    h, w, c = image_shape
+
+    def load_image(p):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h))
+                return np.asarray(im, np.uint8).reshape(h, w, c)
+        except OSError as e:
+            raise DataError(f"Input image {p} cannot be read ({e}); pass a PNG or JPEG file.") from None
+
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if not f.startswith("."))
+        if not files:
+            raise DataError(f"Input folder {path} holds no images.")
+        return np.stack([load_image(os.path.join(path, f)) for f in files])
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z:
+                raise DataError(f"Input {path} has no array named 'x'; save the images as x=...")
+            return z["x"]
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    return load_image(path)[None]
 
 
-def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> TextDataset:
-    """Text classification rows from `[csv:|jsonl:]PATH` (a `.jsonl`/`.ndjson` name means JSONL, else CSV)."""
-    fmt, sep, rest = path.partition(":")
-    if sep and fmt in ("csv", "jsonl"):
-        path = rest
-    else:
-        fmt = "jsonl" if path.lower().endswith((".jsonl", ".ndjson")) else "csv"
-    path = _check_file(path)
-    rows = _read_rows(path, fmt)
-    texts = [t for t, _, _ in rows]
-    pairs = [b for _, _, b in rows] if rows[0][2] is not None else None
-    raw = [str(l).strip() for _, l, _ in rows]
-    if all(re.fullmatch(r"-?\d+", l) for l in raw):
-        labels, num_classes = check_labels(np.asarray([int(l) for l in raw]), path)
-        class_names = None
-    else:
-        class_names = tuple(sorted(set(raw)))
-        index = {c: i for i, c in enumerate(class_names)}
-        labels = np.asarray([index[l] for l in raw], np.int32)
-        num_classes = len(class_names)
-    (tri, trl), (tei, tel) = _split(path, np.arange(len(texts)), labels, test_fraction, split_seed)
-    name = os.path.splitext(os.path.basename(path))[0]
-    pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
-    return TextDataset(name, pick(texts, tri), np.asarray(trl, np.int32), pick(texts, tei), np.asarray(tel, np.int32),
-                       num_classes, class_names, pick(pairs, tri), pick(pairs, tei))
+def predict_images(inputs, shape) -> np.ndarray:
+    """Images to predict as uint8 [N, *shape]: a path (`read_images`), or an array of uint8 or [0, 1] floats, one
+    image or many, in the shape trained on or flattened."""
+    x = read_images(inputs, shape) if isinstance(inputs, (str, os.PathLike)) else np.asarray(inputs)
+    if x.ndim == len(shape):
+        x = x[None]
+    if np.issubdtype(x.dtype, np.floating):
+        x = np.round(np.clip(x, 0, 1) * 255)
+    x = x.reshape((-1, *shape)) if x[0].size == int(np.prod(shape)) else x
+    if tuple(x.shape[1:]) != shape:
+        raise DataError(f"Inputs have shape {tuple(x.shape[1:])} but the model was trained on {shape}.")
+    return x.astype(np.uint8)

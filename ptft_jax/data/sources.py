@@ -1,73 +1,16 @@
-"""Where examples come from: embedded datasets (no download) and TFDS through `tfds.data_source`.
+"""Where images come from: embedded datasets (no download), TFDS through `tfds.data_source`, the user's files
+(data/custom.py); `load(cfg)` gives the `Dataset` a run trains on.
 
-Every source yields a `Split`: random-access examples {"image": uint8 HxWxC, "label": int}, held either as
-NumPy arrays (`arrays`) or as a record source read one example at a time (`records`). Text sources (data/text.py)
-hold token arrays instead (input_ids, token_type_ids, attention_mask[, label]).
+Every source yields `Split`s (ptft_jax/dataset.py) of random-access examples {"image": uint8 HxWxC, "label": int},
+held either as NumPy arrays or as a record source read one example at a time.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import Any, Sequence
-
 import numpy as np
 
+from ptft_jax.data import augment, custom
+from ptft_jax.dataset import Dataset, Split, select, stratified_split, tfds_data_dir, tfds_split
 from ptft_jax.errors import DataError
-
-
-@dataclasses.dataclass
-class Split:
-    size: int
-    arrays: dict[str, np.ndarray] | None = None  # {"image": [N,H,W,C] uint8, "label": [N] int32}
-    records: Sequence[Any] | None = None         # random access, each a dict like the arrays' rows
-
-    def __len__(self):
-        return self.size
-
-    def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """The examples at `indices`, stacked."""
-        if self.arrays is not None:
-            return {k: v[indices] for k, v in self.arrays.items()}
-        rows = [self.records[int(i)] for i in indices]
-        return {"image": np.stack([np.asarray(r["image"]) for r in rows]),
-                "label": np.asarray([r["label"] for r in rows], np.int32)}
-
-    def load_all(self, log=None) -> "Split":
-        """Reads every record into arrays (for splits that fit in host memory)."""
-        if self.arrays is not None:
-            return self
-        if log:
-            log(f"reading {self.size} examples into memory")
-        return Split(self.size, arrays=self.take(np.arange(self.size)))
-
-
-@dataclasses.dataclass
-class Dataset:
-    name: str
-    train: Split
-    test: Split
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple | None = None
-    task: str = "classify_image"        # classify_image | classify_text | mlm (see step.py)
-    example: dict | None = None         # text: a [1, T] batch of model inputs (for init)
-    text: dict | None = None            # text: tokenizer_dir, tokenizer_source, max_len, vocab_size, lowercase
-    tokenizer: Any = None               # text: the WordPieceTokenizer
-
-    @property
-    def image_shape(self):
-        """[H, W, C] of the images; None for text."""
-        if self.task != "classify_image":
-            return None
-        src = self.train.arrays["image"][0] if self.train.arrays is not None else self.train.records[0]["image"]
-        return tuple(np.asarray(src).shape)
-
-
-def stratified_split(x, y, test_fraction: float, seed: int):
-    from sklearn.model_selection import train_test_split
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    return (xtr, ytr), (xte, yte)
 
 
 def _embedded(name: str, x: np.ndarray, y: np.ndarray, cfg, mean, std) -> Dataset:
@@ -108,46 +51,10 @@ _TFDS_STATS = {
 }
 
 
-def tfds_data_dir(cfg) -> str:
-    return os.path.expanduser(cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
-
-
-def prepare_command(name: str, data_dir: str) -> str:
-    return f"pip install 'ptft_jax[tf]' && python -m ptft_jax.prepare {name} --data_dir={data_dir}"
-
-
-def _tfds_source(name: str, split: str, data_dir: str):
-    import tensorflow_datasets as tfds
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"TFDS has no dataset named {name!r}: check the spelling in data.source "
-                        f"(the list is at https://www.tensorflow.org/datasets/catalog).") from None
-    except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as e:
-        msg = str(e)
-        if "split" in msg.lower() and "unknown" in msg.lower():
-            raise DataError(f"Dataset {name!r} has no split {split!r} ({msg.splitlines()[0]}).") from None
-        if "TFRECORD" in msg and _prepared(name, data_dir):
-            raise DataError(f"Dataset {name!r} in {data_dir} was prepared as TFRecord, which cannot be read "
-                            f"without TensorFlow; prepare it as array_record with: "
-                            f"{prepare_command(name, data_dir)}") from None
-        raise DataError(f"Dataset {name!r} is not prepared in {data_dir}; prepare it with: "
-                        f"{prepare_command(name, data_dir)}") from None
-
-
-def _prepared(name: str, data_dir: str) -> bool:
-    import tensorflow_datasets as tfds
-    try:
-        return tfds.builder(name, data_dir=data_dir).is_prepared()
-    except Exception:  # noqa: BLE001 - only used to choose between two messages
-        return False
-
-
 def tfds_dataset(name: str, cfg) -> Dataset:
-    import tensorflow_datasets as tfds
     data_dir = tfds_data_dir(cfg)
-    train = _tfds_source(name, cfg.train_split, data_dir)
-    test = _tfds_source(name, cfg.test_split, data_dir)
+    train = tfds_split(name, cfg.train_split, data_dir)
+    test = tfds_split(name, cfg.test_split, data_dir)
     features = train.dataset_info.features
     if "image" not in features or "label" not in features:
         text = any(f in features for f in ("text", "sentence", "sentence1", "question", "premise"))
@@ -182,10 +89,44 @@ def get_source(cfg) -> Dataset:
     if source.startswith("tfds:"):
         return tfds_dataset(source[len("tfds:"):], cfg)
     if source.startswith(("npz:", "folder:")):
-        from ptft_jax.data.custom import load_images
-        return load_images(source, cfg)
+        return custom.load_images(source, cfg)
     if source.startswith(("csv:", "jsonl:", "text:")) or source in ("pydocs", "pydocs_mlm"):
         raise DataError(f"data.source {source} is text: it needs a text model (model.name=bert to classify, "
                         f"bert_mlm to pretrain); use npz: or folder: for images.")
     raise DataError(f"Unknown data.source {source!r}: use one of {', '.join(EMBEDDED)}, tfds:NAME (for example "
                     f"tfds:mnist), npz:PATH, folder:PATH[@HxW], csv:PATH, jsonl:PATH, text:PATH, pydocs or pydocs_mlm.")
+
+
+def load(cfg, log=print) -> Dataset:
+    """The image dataset named by `cfg.source`, resized to data.image_size, read into memory where it fits (or
+    as data.in_memory says), with data.classes / label_map / train_per_class and data.mean / std applied."""
+    ds = get_source(cfg)
+    if cfg.image_size:
+        ds = augment.sized(ds, cfg)
+    mode = str(cfg.in_memory).lower()
+    needs_arrays = cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None
+    for name in ("train", "test"):
+        split = getattr(ds, name)
+        # inception_crop crops the full-size training images, so that split stays as records unless it must not.
+        keep_raw = name == "train" and cfg.augment == "inception_crop" and not needs_arrays
+        if split.arrays is None and not keep_raw:
+            nbytes = split.size * (int(np.asarray(split.records[0]["image"]).nbytes) + 4)
+            if mode == "true" or needs_arrays or (mode == "auto" and nbytes < 4 << 30):
+                split = split.load_all(log=lambda m: log(f"{ds.name}/{name}: {m}"))
+        if split.arrays is not None:
+            split = select(split, cfg.classes, cfg.label_map, cfg.train_per_class if name == "train" else None)
+        setattr(ds, name, split)
+    if cfg.classes is not None:
+        ds.num_classes = len(cfg.classes)
+    if cfg.label_map is not None:
+        ds.num_classes = int(max(cfg.label_map)) + 1
+    if cfg.mean is not None:
+        ds.mean = tuple(cfg.mean)
+    if cfg.std is not None:
+        ds.std = tuple(cfg.std)
+    channels = ds.image_shape[-1]
+    for key in ("mean", "std"):
+        if len(getattr(ds, key)) not in (1, channels):
+            raise DataError(f"data.{key} has {len(getattr(ds, key))} values but the {ds.name} images have {channels} "
+                            f"channel(s); give one value per channel.")
+    return ds

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from ptft_jax.dataset import TextDataset, stratified_split
 from ptft_jax.errors import DataError
 
 FAMILIES = ("email", "asyncio", "xml", "http", "unittest", "logging", "json", "multiprocessing")
@@ -113,8 +114,6 @@ def stdlib_docstrings(min_chars: int = 80, root: str | None = None) -> list[tupl
 
 def pydocs_classification(families=FAMILIES, test_fraction: float = 0.2, seed: int = 0, min_chars: int = 80):
     """Docstrings of the listed families as a TextDataset (labels: index in `families`), split stratified."""
-    from ptft_jax.data.custom import TextDataset
-    from ptft_jax.data.sources import stratified_split
     families = tuple(families)
     index = {f: i for i, f in enumerate(families)}
     pairs = [(t, index[f]) for t, f in stdlib_docstrings(min_chars) if f in index]

@@ -4,7 +4,11 @@
     batch = mask_tokens(ids, rng, mask_id=tok.mask_id, special_ids=tok.special_ids, vocab_size=tok.vocab_size,
                         attention_mask=am, max_predictions=20)
 
-Deterministic from the np.random.Generator passed in.
+Deterministic from the np.random.Generator passed in. `MLMMasking` is the host pipeline's per-batch transform of a
+masked-LM run: masked from `np.random.default_rng([seed, 2, step])` over the whole global batch (so a resumed run
+and any number of processes see bit-identical batches). Kept by hand rather than taken from transformers'
+DataCollatorForLanguageModeling: that one needs torch, masks per batch with a global RNG (no exact resume), and
+has no fixed-size masked-position output for a decoder that runs at the masked positions only.
 """
 from __future__ import annotations
 
@@ -123,3 +127,52 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_id: int, special_ids: 
         masked_labels[i, :len(pos)] = ids[i, pos]
     return {"input_ids": out, "labels": labels, "masked_positions": positions, "masked_labels": masked_labels,
             "masked_weights": weights}
+
+
+def _check_mask_prob(p):
+    if not isinstance(p, (int, float)) or not 0.0 < float(p) < 1.0:
+        raise ConfigError(f"data.mask_prob {p} must be a number between 0 and 1 (BERT uses 0.15).")
+
+
+class MLMMasking:
+    """(split, global batch indices, this process's rows, step) -> this process's masked-LM batch."""
+
+    def __init__(self, tok, max_len: int, seed: int, mask_prob: float = 0.15, whole_word: bool = False):
+        _check_mask_prob(mask_prob)
+        self.seed, self.mask_id, self.vocab_size = int(seed), tok.mask_id, tok.vocab_size
+        self.special_ids = tok.special_ids
+        self.mask_prob, self.whole_word = float(mask_prob), bool(whole_word)
+        self.continuation = tok.continuation_mask() if whole_word else None
+        self.max_predictions = int(np.ceil(self.mask_prob * max_len)) + 1
+
+    def mask(self, batch: dict, rng: np.random.Generator) -> dict:
+        if "length" in batch:  # the compact form of packed sequences (see `compact`)
+            batch = expand(batch)
+        m = mask_tokens(batch["input_ids"], rng, self.mask_id, self.special_ids, self.vocab_size,
+                        attention_mask=batch["attention_mask"], mask_prob=self.mask_prob,
+                        max_predictions=self.max_predictions, whole_word=self.whole_word,
+                        continuation=self.continuation)
+        return {"input_ids": m["input_ids"], "token_type_ids": batch["token_type_ids"],
+                "attention_mask": batch["attention_mask"], "masked_positions": m["masked_positions"],
+                "masked_labels": m["masked_labels"], "masked_weights": m["masked_weights"]}
+
+    def __call__(self, split: Split, indices: np.ndarray, rows: slice, step: int) -> dict:
+        batch = self.mask(split.take(indices), np.random.default_rng([self.seed, 2, int(step)]))
+        return {k: v[rows] for k, v in batch.items()}
+
+
+def compact(arrays: dict, vocab_size: int) -> dict:
+    """Packed sequences as `input_ids` (uint16 when the vocabulary allows) and `length` [N]: a third to a sixth of
+    the host memory of the three int32 arrays (token types are all 0, the attention mask is the first `length`)."""
+    dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
+    return {"input_ids": arrays["input_ids"].astype(dtype), "length": arrays["attention_mask"].sum(1, dtype=np.int32)}
+
+
+def expand(arrays: dict) -> dict:
+    ids = arrays["input_ids"].astype(np.int32)
+    am = (np.arange(ids.shape[1])[None] < arrays["length"][:, None]).astype(np.int32)
+    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": am}
+
+
+def masking_for(cfg, tok, seed: int) -> MLMMasking:
+    return MLMMasking(tok, int(cfg.max_len), seed, cfg.mask_prob, cfg.whole_word)

@@ -1,4 +1,4 @@
-"""Where texts come from, as a `TextDataset` (data/custom.py): train/test texts, optional second segments
+"""Where texts come from, as a `TextDataset` (ptft_jax/dataset.py): train/test texts, optional second segments
 (sentence pairs) and labels (None for pretraining text).
 
   pydocs        classify a standard-library docstring by its package family (text/corpus.py; fixed seeded
@@ -6,7 +6,9 @@
   pydocs_mlm    the same docstrings, every family, as pretraining text, less the test split of `pydocs` at its
                 default split (test_fraction 0.2, split_seed 0), so pretraining never reads the texts the
                 fine-tuned classifier is tested on
-  csv:PATH      text,label[,text_b] rows; jsonl:PATH one {"text", "label"[, "text_b"]} object a line
+  csv:PATH      a CSV with a header row and `text` and `label` columns; jsonl:PATH one {"text", "label"} object a
+                line; an optional `text_b` column / key makes sentence pairs ([CLS] text [SEP] text_b [SEP], token
+                type 1 for the second segment). Labels are class indices 0..k-1 or names (sorted names -> 0..k-1)
   text:PATH     plain UTF-8 text for pretraining: a .txt file, or a folder whose .txt files (recursively, sorted)
                 are read; a blank line ends a document. Documents are split by data.test_fraction / data.split_seed
   tfds:NAME     a TFDS text dataset read through `tfds.data_source` (no TensorFlow), splits data.train_split /
@@ -17,12 +19,18 @@
 """
 from __future__ import annotations
 
+import csv
+import importlib
+import json
 import os
+import re
 import time
 
 import numpy as np
 
+from ptft_jax.dataset import TextDataset, check_file, check_labels, split_or_refuse, tfds_data_dir, tfds_split
 from ptft_jax.errors import ConfigError, DataError
+from ptft_jax.text.corpus import corpus_texts, pydocs_classification
 
 TEXT_SOURCES = ("pydocs", "pydocs_mlm")
 FILE_PREFIXES = ("csv:", "jsonl:", "text:")
@@ -32,15 +40,13 @@ TFDS_TEXT_FIELDS = (("sentence1", "sentence2"), ("question1", "question2"), ("qu
 
 
 def is_text_source(source) -> bool:
-    """Known to be text from its name alone (tfds: may be either; data/__init__ decides by the model)."""
+    """Known to be text from its name alone (tfds: may be either; the model's task decides)."""
     source = str(source)
     return source in TEXT_SOURCES or source.startswith(FILE_PREFIXES)
 
 
 def load_texts(cfg, log=print):
     """The TextDataset of `cfg.source` (see the module docstring)."""
-    from ptft_jax.data.custom import TextDataset, load_text
-    from ptft_jax.text.corpus import corpus_texts, pydocs_classification
     source = str(cfg.source)
     if source == "pydocs":
         raw = pydocs_classification(test_fraction=cfg.test_fraction, seed=cfg.split_seed)
@@ -79,7 +85,6 @@ def _capped(raw, n):
 
 def plain_text(path: str, cfg):
     """`text:PATH`: documents (runs of non-blank lines) of a .txt file or of every .txt file under a folder."""
-    from ptft_jax.data.custom import TextDataset
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(path):
         files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(".txt"))
@@ -137,11 +142,9 @@ def _as_str(v) -> str:
 
 def tfds_text(name: str, cfg, log=print):
     """A TFDS text dataset through `tfds.data_source` (see the module docstring)."""
-    from ptft_jax.data.custom import TextDataset
-    from ptft_jax.data.sources import _tfds_source, tfds_data_dir
     _register_text_builders()
     data_dir = tfds_data_dir(cfg)
-    sources = {s: _tfds_source(name, getattr(cfg, f"{s}_split"), data_dir) for s in ("train", "test")}
+    sources = {s: tfds_split(name, getattr(cfg, f"{s}_split"), data_dir) for s in ("train", "test")}
     features = sources["train"].dataset_info.features
     fields = _text_fields(features, name, cfg.text_fields)
     has_label = "label" in features
@@ -174,10 +177,105 @@ def tfds_text(name: str, cfg, log=print):
 def _register_text_builders():
     """TFDS registers some text builders (glue, wikipedia) only when their legacy module is imported, which
     `import tensorflow_datasets` skips without TensorFlow; importing them directly works."""
-    import importlib
     for module in ("tensorflow_datasets.text.glue", "tensorflow_datasets.text.wikipedia",
                    "tensorflow_datasets.text.super_glue"):
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 - a builder that cannot load is reported as missing by data_source
             pass
+
+
+def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
+    """(text, label, text_b or None) of every row."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if fmt == "csv":
+                reader = csv.DictReader(f)
+                cols = reader.fieldnames or []
+                if "text" not in cols or "label" not in cols:
+                    raise DataError(f"{path} has no 'text' and 'label' columns in its header row (found: "
+                                    f"{', '.join(cols) or 'none'}); name the columns text,label.")
+                rows = [(r["text"], r["label"], reader.line_num, r.get("text_b")) for r in reader]
+            else:
+                for i, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path} line {i} is not valid JSON ({e.msg}); write one JSON object "
+                                        f"per line.") from None
+                    if not isinstance(r, dict) or "text" not in r or "label" not in r:
+                        raise DataError(f"{path} line {i} is not an object with 'text' and 'label' keys; write "
+                                        f'{{"text": ..., "label": ...}} on each line.')
+                    rows.append((r["text"], r["label"], i, r.get("text_b")))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable CSV file ({e}); check its quoting.") from None
+    for text, label, i, _ in rows:
+        if not isinstance(text, str) or label is None or label == "" or isinstance(label, (bool, float, list, dict)):
+            raise DataError(f"{path} line {i} has no text or a missing or invalid label; give a string text "
+                            f"and an integer or string label.")
+    if not rows:
+        raise DataError(f"{path} holds no rows; add text,label examples.")
+    if any(b is not None for *_, b in rows):
+        for _, _, i, b in rows:
+            if not isinstance(b, str):
+                raise DataError(f"{path} line {i} has no text_b though other rows do; give every row a string "
+                                f"text_b (sentence pairs) or none.")
+    return [(t, l, b) for t, l, _, b in rows]
+
+
+def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> TextDataset:
+    """Text classification rows from `[csv:|jsonl:]PATH` (a `.jsonl`/`.ndjson` name means JSONL, else CSV)."""
+    fmt, sep, rest = path.partition(":")
+    if sep and fmt in ("csv", "jsonl"):
+        path = rest
+    else:
+        fmt = "jsonl" if path.lower().endswith((".jsonl", ".ndjson")) else "csv"
+    path = check_file(path)
+    rows = _read_rows(path, fmt)
+    texts = [t for t, _, _ in rows]
+    pairs = [b for _, _, b in rows] if rows[0][2] is not None else None
+    raw = [str(l).strip() for _, l, _ in rows]
+    if all(re.fullmatch(r"-?\d+", l) for l in raw):
+        labels, num_classes = check_labels(np.asarray([int(l) for l in raw]), path)
+        class_names = None
+    else:
+        class_names = tuple(sorted(set(raw)))
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = np.asarray([index[l] for l in raw], np.int32)
+        num_classes = len(class_names)
+    (tri, trl), (tei, tel) = split_or_refuse(path, np.arange(len(texts)), labels, test_fraction, split_seed)
+    name = os.path.splitext(os.path.basename(path))[0]
+    pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+    return TextDataset(name, pick(texts, tri), np.asarray(trl, np.int32), pick(texts, tei), np.asarray(tel, np.int32),
+                       num_classes, class_names, pick(pairs, tri), pick(pairs, tei))
+
+
+def read_predict_texts(inputs) -> tuple[list, list | None]:
+    """(texts, second segments or None) to classify: a string, a list of strings, a list of (text, text_b) pairs,
+    the path of a UTF-8 file holding one text a line, or of a .jsonl file of {"text"[, "text_b"]} objects."""
+    pairs = None
+    if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and os.path.isfile(inputs)):
+        with open(inputs, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        if str(inputs).endswith((".jsonl", ".ndjson")):
+            try:
+                rows = [json.loads(line) for line in lines]
+                texts = [str(r["text"]) for r in rows]
+                pairs = [str(r["text_b"]) for r in rows] if "text_b" in rows[0] else None
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{inputs}: every line must be a JSON object with 'text' (and 'text_b' for "
+                                f"sentence pairs) ({e}).") from None
+        else:
+            texts = lines
+    elif isinstance(inputs, str):
+        texts = [inputs]
+    elif all(isinstance(t, (tuple, list)) and len(t) == 2 for t in inputs):  # sentence pairs
+        texts, pairs = [str(a) for a, _ in inputs], [str(b) for _, b in inputs]
+    else:
+        texts = [str(t) for t in inputs]
+    return texts, pairs

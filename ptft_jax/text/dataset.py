@@ -1,0 +1,221 @@
+"""Text datasets for BERT: the tokenizer of a run and the tokenised splits (cached in the workdir).
+
+`load_classification` (model bert: needs labels) and `load_masked_lm` (bert_mlm: any source gives pretraining
+text). Where texts come from (pydocs, pydocs_mlm, csv:, jsonl:, text:, tfds:) is text/sources.py; masking is
+text/masking.py.
+
+The tokenizer of a run lives in WORKDIR/tokenizer/ (vocab.txt + tokenizer_config.json) and comes from, first match:
+  1. WORKDIR/tokenizer/ itself (a resumed run keeps its vocabulary);
+  2. `data.vocab`: a BERT vocab.txt or a directory holding one (lower-cased by `data.lowercase`);
+  3. `init_from`'s run (its WORKDIR/tokenizer/), so a fine-tuning run reuses its pretraining vocabulary;
+  4. a WordPiece vocabulary of at most `data.vocab_size` tokens trained on the training texts (`data.lowercase`).
+Cases 2-4 copy it into WORKDIR/tokenizer/ and data.json records where it came from.
+
+Texts are tokenised once into int32 arrays of `data.max_len` held in `Split.arrays`: classification rows are
+`[CLS] text [SEP]` or `[CLS] text [SEP] text_b [SEP]` (token type 1 for the second segment), padded
+(input_ids, token_type_ids, attention_mask, label); masked-LM documents are packed (text.masking.pack) and held
+compactly (`compact`: uint16 ids and lengths). The arrays are cached in WORKDIR/tokenized/ under a key of
+everything they depend on (source, splits, max_len, max_documents, text fields, vocabulary, the files' sizes and
+times), so a resumed run skips reading and tokenising. The test split of masked-LM is masked once at load time with
+a fixed seed; training batches are masked in the host pipeline (text/masking.py's `MLMMasking`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+import jax
+from jax.experimental import multihost_utils
+
+from ptft_jax.dataset import Dataset, Split, select_classes
+from ptft_jax.errors import ConfigError, DataError
+from ptft_jax.files import atomic, write_json
+from ptft_jax.metrics import is_main
+from ptft_jax.text.masking import compact, masking_for, pack
+from ptft_jax.text.sources import load_texts
+from ptft_jax.text.tokenizer import VOCAB_FILE, WordPieceTokenizer
+
+TOKENIZER_DIR = "tokenizer"
+TOKENIZED_DIR = "tokenized"
+EVAL_MASK_SEED = 12345
+
+
+def run_tokenizer(cfg, texts, workdir: str | None, init_workdir: str | None, log=print):
+    """(tokenizer, its directory in the workdir or None, where it came from); see the module docstring.
+    `init_workdir`: the workdir of the run `init_from` names."""
+    own = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
+    if own and os.path.isfile(os.path.join(own, VOCAB_FILE)):
+        source = own
+        try:  # a resumed run: keep the provenance its first start recorded
+            with open(os.path.join(workdir, "data.json")) as f:
+                source = json.load(f).get("tokenizer_source") or own
+        except (OSError, ValueError):
+            pass
+        return WordPieceTokenizer.load(own), own, source
+    if cfg.vocab:
+        path = os.path.abspath(os.path.expanduser(str(cfg.vocab)))
+        tok, source = WordPieceTokenizer.load(path, lowercase=bool(cfg.lowercase)), path
+        log(f"tokenizer: {tok.vocab_size} tokens from data.vocab {path}")
+    elif init_workdir:
+        source = os.path.join(init_workdir, TOKENIZER_DIR)
+        if not os.path.isfile(os.path.join(source, VOCAB_FILE)):
+            raise DataError(f"init_from {init_workdir}: the run has no tokenizer ({source}/{VOCAB_FILE} is missing); "
+                            f"set data.vocab to the vocab.txt it was trained with.")
+        tok = WordPieceTokenizer.load(source)
+        log(f"tokenizer: {tok.vocab_size} tokens from the init_from run, {source}")
+    else:
+        tok = WordPieceTokenizer.train(texts, vocab_size=int(cfg.vocab_size), lowercase=bool(cfg.lowercase))
+        source = "trained"
+        log(f"tokenizer: trained a WordPiece vocabulary of {tok.vocab_size} tokens on {len(texts)} training texts")
+    if own:
+        tok.save(own)
+        if source != "trained" and os.path.isdir(source) and os.path.abspath(source) != own:
+            for name in os.listdir(source):  # anything else saved with the vocabulary
+                if not os.path.exists(os.path.join(own, name)) and os.path.isfile(os.path.join(source, name)):
+                    shutil.copy2(os.path.join(source, name), own)
+    return tok, own, source
+
+
+def _cache_key(cfg, kind: str, tok) -> str:
+    """What the tokenised arrays depend on, hashed."""
+    vocab = _vocab_hash(tok)
+    keys = ("source", "data_dir", "train_split", "test_split", "test_fraction", "split_seed", "max_len",
+            "max_documents", "text_fields", "mask_prob", "whole_word")
+    desc = {k: cfg.get(k) for k in keys}
+    desc.update(task=kind, vocab=vocab, lowercase=tok.lowercase, version=1)
+    if str(cfg.source).startswith(("csv:", "jsonl:", "text:")):  # a changed file must be read again
+        path = os.path.expanduser(str(cfg.source).partition(":")[2])
+        files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [path]
+        desc["files"] = sorted((f, os.path.getsize(f), os.path.getmtime(f)) for f in files if os.path.isfile(f))
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_load(workdir, key):
+    path = os.path.join(workdir, TOKENIZED_DIR) if workdir else None
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+        if meta.get("key") != key:
+            return None
+        with np.load(os.path.join(path, "train.npz")) as tr, np.load(os.path.join(path, "test.npz")) as te:
+            return dict(tr), dict(te), meta
+    except (OSError, ValueError, TypeError, KeyError):  # absent, partial or stale: tokenise again
+        return None
+
+
+def _cache_save(workdir, key, train_arrays, test_arrays, meta):
+    if not workdir or not is_main():
+        return
+    path = os.path.join(workdir, TOKENIZED_DIR)
+    os.makedirs(path, exist_ok=True)
+    try:
+        if os.path.exists(os.path.join(path, "meta.json")):
+            os.remove(os.path.join(path, "meta.json"))  # the arrays below are not valid until meta.json is back
+        for name, arrays in (("train", train_arrays), ("test", test_arrays)):
+            with atomic(os.path.join(path, f"{name}.npz"), "wb") as f:
+                np.savez(f, **arrays)
+        write_json(os.path.join(path, "meta.json"), {**meta, "key": key})
+    except OSError as e:  # a full disk must not stop training: the cache only saves time
+        print(f"warning: could not cache the tokenised data in {path} ({e}); the next start tokenises again.")
+
+
+def _vocab_hash(tok) -> str:
+    return hashlib.sha256("\n".join(tok.id_to_token(i) or "" for i in range(tok.vocab_size)).encode()).hexdigest()
+
+
+def _check_same_vocabulary(tok):
+    """Every process of a multi-process run must number the tokens alike (each loads or trains its tokenizer)."""
+    if jax.process_count() == 1:
+        return
+    digest = np.frombuffer(bytes.fromhex(_vocab_hash(tok)), np.uint8).astype(np.int32)
+    multihost_utils.assert_equal(digest, "The processes of this run have different tokenizer vocabularies; give "
+                                         "them all the same data.vocab (or the same training texts).")
+
+
+def _tokenize(tok, texts, log, what, chunk=20000):
+    """Token ids of every text (no [CLS]/[SEP]), with progress lines on long corpora."""
+    out, t0, last = [], time.perf_counter(), time.perf_counter()
+    for i in range(0, len(texts), chunk):
+        out += tok.tokenize_batch(texts[i:i + chunk])
+        if time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            log(f"{what}: tokenised {len(out):,} of {len(texts):,} texts ({len(out) / (last - t0):,.0f}/s)")
+    return out
+
+
+def load_classification(cfg, workdir: str | None = None, init_workdir: str | None = None, log=print) -> Dataset:
+    """A labelled text source tokenised for a classifier: [CLS] text [SEP] (text_b [SEP]) rows, padded."""
+    def arrays(raw, tok):
+        if raw.train_labels is None:
+            raise ConfigError(f"data.source {cfg.source} has no labels; it is pretraining text for "
+                              f"model.name=bert_mlm.")
+        encode = lambda texts, pairs, labels: {**tok.encode(texts, pairs, max_len=int(cfg.max_len)),  # noqa: E731
+                                               "label": labels}
+        return (encode(raw.train_texts, raw.train_pairs, raw.train_labels),
+                encode(raw.test_texts, raw.test_pairs, raw.test_labels), raw.num_classes, raw.class_names)
+
+    return _tokenised(cfg, "classify_text", arrays, workdir, init_workdir, log)
+
+
+def load_masked_lm(cfg, workdir: str | None = None, init_workdir: str | None = None, log=print) -> Dataset:
+    """Any text source as pretraining text: documents packed into sequences (labels ignored; a pair's two segments
+    are two documents), the training split held compactly, the test split masked once with a fixed seed."""
+    if cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None:
+        raise ConfigError("data.classes / data.label_map / data.train_per_class select labelled examples; "
+                          "masked-LM pretraining text has no labels, so leave them unset.")
+
+    def arrays(raw, tok):
+        def packed(texts, pairs, what):
+            docs = texts if pairs is None else [t for ab in zip(texts, pairs) for t in ab]
+            return pack(_tokenize(tok, docs, log, what), int(cfg.max_len), tok.cls_id, tok.sep_id, tok.pad_id)
+        test = masking_for(cfg, tok, 0).mask(packed(raw.test_texts, raw.test_pairs, "test"),
+                                             np.random.default_rng(EVAL_MASK_SEED))
+        return compact(packed(raw.train_texts, raw.train_pairs, "train"), tok.vocab_size), test, tok.vocab_size, None
+
+    return _tokenised(cfg, "mlm", arrays, workdir, init_workdir, log)
+
+
+def _tokenised(cfg, kind: str, make_arrays, workdir, init_workdir, log) -> Dataset:
+    """The Dataset of a text source: tokenised by `make_arrays(raw, tok) -> (train, test, num_classes,
+    class_names)`, or read back from WORKDIR/tokenized/ when a resumed run cached it under the same key."""
+    if cfg.augment or cfg.image_size:
+        raise ConfigError("data.augment and data.image_size are for images; leave them unset for text sources.")
+    own = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
+    cached = None
+    if own and os.path.isfile(os.path.join(own, "vocab.txt")):  # a resumed run: its tokenised arrays may be cached
+        tok, tok_dir, tok_source = run_tokenizer(cfg, None, workdir, init_workdir, log)
+        key = _cache_key(cfg, kind, tok)
+        cached = _cache_load(workdir, key)
+    if cached is not None:
+        train_arrays, test_arrays, meta = cached
+        log(f"text: {len(train_arrays['input_ids']):,} train and {len(test_arrays['input_ids']):,} test sequences "
+            f"from the cache in {os.path.join(workdir, TOKENIZED_DIR)}")
+        name, num_classes, class_names = meta["name"], meta["num_classes"], meta["class_names"]
+        class_names = tuple(class_names) if class_names else None
+    else:
+        raw = load_texts(cfg, log)
+        if not raw.train_texts or not raw.test_texts:
+            raise DataError(f"data.source {cfg.source} gave {len(raw.train_texts)} training and "
+                            f"{len(raw.test_texts)} test texts; both splits need at least one.")
+        tok, tok_dir, tok_source = run_tokenizer(cfg, raw.train_texts + (raw.train_pairs or []), workdir,
+                                                 init_workdir, log)
+        key = _cache_key(cfg, kind, tok)
+        train_arrays, test_arrays, num_classes, class_names = make_arrays(raw, tok)
+        name = raw.name
+        _cache_save(workdir, key, train_arrays, test_arrays,
+                    {"name": name, "num_classes": int(num_classes),
+                     "class_names": list(class_names) if class_names else None})
+    _check_same_vocabulary(tok)
+    init_inputs = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in test_arrays.items() if k != "label"}
+    init_inputs["attention_mask"] = np.ones_like(init_inputs["attention_mask"])
+    info = {"tokenizer_dir": tok_dir, "tokenizer_source": tok_source, "max_len": int(cfg.max_len),
+            "vocab_size": tok.vocab_size, "lowercase": tok.lowercase}
+    ds = Dataset(name, Split(len(train_arrays["input_ids"]), arrays=train_arrays),
+                 Split(len(test_arrays["input_ids"]), arrays=test_arrays), num_classes=num_classes,
+                 class_names=class_names, init_inputs=init_inputs, tokenizer_info=info, tokenizer=tok)
+    return select_classes(ds, cfg)
