@@ -5,31 +5,50 @@
     result = ptft_jax.train(config, "runs/digits_pt")      # {"step", "loss", "accuracy", ...} on the test split
     ptft_jax.evaluate(config, "runs/digits_pt")
 
-The names below are imported on first use (PEP 562), so `import ptft_jax`, a config error or
+The API is imported on first use (PEP 562), so `import ptft_jax`, `import ptft_jax.text`, a config error or
 `python -m ptft_jax.prepare` do not wait for jax, orbax and grain.
 """
 import importlib
+import sys
+import types
 
 from ptft_jax.errors import CheckpointError, ConfigError, DataError, Diverged, Interrupted, UserError
 
-_LAZY = {"train": "ptft_jax.train", "evaluate": "ptft_jax.train", "predict": "ptft_jax.predict",
-         "graft": "ptft_jax.graft", "GraftReport": "ptft_jax.graft", "GraftError": "ptft_jax.graft",
-         "load_config": "ptft_jax.config", "apply_overrides": "ptft_jax.config", "defaults": "ptft_jax.config"}
+_API = {"train": "ptft_jax.train", "evaluate": "ptft_jax.train", "predict": "ptft_jax.predict",
+        "graft": "ptft_jax.graft", "GraftReport": "ptft_jax.graft", "GraftError": "ptft_jax.graft",
+        "load_config": "ptft_jax.config", "apply_overrides": "ptft_jax.config", "defaults": "ptft_jax.config"}
 
-__all__ = ["train", "evaluate", "predict", "graft", "GraftReport", "GraftError", "load_config", "apply_overrides",
-           "defaults", "sweep", "UserError", "ConfigError", "DataError", "CheckpointError", "Diverged", "Interrupted"]
+__all__ = [*_API, "sweep", "UserError", "ConfigError", "DataError", "CheckpointError", "Diverged", "Interrupted"]
+
+
+def _api(name: str):
+    def get(module):
+        return getattr(importlib.import_module(_API[name]), name)
+
+    def set_(module, value):
+        # importing the submodule of the same name (ptft_jax.train, .predict, .graft) sets this attribute to the
+        # module; the name stays the function
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError(f"ptft_jax.{name} is read-only")
+    return property(get, set_)
+
+
+class _Package(types.ModuleType):
+    """`ptft_jax.train`, `.predict` and `.graft` are the functions, though modules of those names exist too."""
+
+
+for _name in _API:
+    setattr(_Package, _name, _api(_name))
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name == "sweep":
-        value = importlib.import_module("ptft_jax.sweep")
-    else:
-        raise AttributeError(f"module 'ptft_jax' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+    if name == "sweep":
+        return importlib.import_module("ptft_jax.sweep")
+    raise AttributeError(f"module 'ptft_jax' has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+sys.modules[__name__].__class__ = _Package

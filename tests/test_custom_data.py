@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 import ptft_jax
-from ptft_jax.data import load
-from ptft_jax.data.custom import TextDataset, load_text
-from ptft_jax.data.sources import get_source
+from ptft_jax.data.sources import get_source, load
+from ptft_jax.dataset import TextDataset
+from ptft_jax.text.sources import load_text
 from ptft_jax.errors import DataError
 
 

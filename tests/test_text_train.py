@@ -9,7 +9,7 @@ import pytest
 
 import ptft_jax
 from ptft_jax import data as data_lib
-from ptft_jax.data.text import MLMMasking
+from ptft_jax.text.masking import MLMMasking
 from ptft_jax.text import WordPieceTokenizer, pack
 
 from conftest import CONFIGS
