@@ -72,21 +72,11 @@ class GraftReport:
         return d
 
 
-def flatten(tree: Mapping) -> dict[str, Any]:
-    """{"a": {"b": x}} -> {"a/b": x}; lists (optax states restored raw) get their index as a key."""
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}" if prefix else str(k))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{prefix}/{i}" if prefix else str(i))
-        elif node is not None:
-            out[prefix] = node
-    walk(tree, "")
-    return out
+def flatten(tree) -> dict[str, Any]:
+    """{"a": {"b": x}} -> {"a/b": x}: every leaf by its slash-joined tree path. Lists (optax states restored raw)
+    give their index as a key; None leaves (empty subtrees) are left out."""
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
