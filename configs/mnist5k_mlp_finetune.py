@@ -16,5 +16,4 @@ def get_config():
     c.optim.lr = 0.001
     c.train.epochs = 10
     c.init_from = "runs/mnist5k_pt"
-    c.graft = [("head/.*", "init"), (".*", "load")]
     return c
