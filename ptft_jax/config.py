@@ -182,7 +182,7 @@ def parse_value(text: str, current: Any, path: str) -> Any:
         if low in ("false", "0", "no"):
             return False
         raise ConfigError(f"Config key '{path}' takes true or false, not {text!r}.")
-    if isinstance(current, str) and not text.strip().lower() in ("none", "null"):
+    if isinstance(current, str) and text.strip().lower() not in ("none", "null"):
         return text
     try:
         value = ast.literal_eval(text)
@@ -194,7 +194,8 @@ def parse_value(text: str, current: Any, path: str) -> Any:
 
 
 def _tri_state(value: Any) -> Any:
-    """True / "TRUE" / "auto" ... -> "true" | "false" | "auto"; anything else is returned as is (validate() names it)."""
+    """True / "TRUE" / "auto" ... -> "true" | "false" | "auto"; anything else is returned as is (validate() names
+    it)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and value.strip().lower() in TRI_STATE:

@@ -10,9 +10,10 @@ inside its collection, e.g. `dense_0/kernel`. The first rule whose regex matches
   skip  names checkpoint paths to leave unused (e.g. a pretraining head the new model lacks)
   load_or_init  load when the checkpoint has the path (same shape required), else keep the fresh
         initialisation (e.g. BERT's pooler, which a masked-LM checkpoint lacks and a classifier's has)
-A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every offending path with both shapes, when a fresh path matches no rule, when a `load`
-path is missing from the checkpoint or has another shape, or when a checkpoint path is left unused and no rule
-names it (so nothing is dropped silently). The report records the source checkpoint's path, step and a content
+A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every
+offending path with both shapes, when a fresh path matches no rule, when a `load` path is missing from the
+checkpoint or has another shape, or when a checkpoint path is left unused and no rule names it (so nothing is
+dropped silently). The report records the source checkpoint's path, step and a content
 hash, and is written to WORKDIR/graft.json by fine-tuning runs.
 """
 from __future__ import annotations
