@@ -89,6 +89,9 @@ def test_rules_between_keys_and_graft_rules_are_checked_on_load():
 def test_choice_message_shape():
     e = ptft_jax.ConfigError.choice("data.augment", "cutout", (None, "crop_flip"))
     assert isinstance(e, ptft_jax.ConfigError) and str(e) == "data.augment is 'cutout'; use one of: None, crop_flip."
+    from ptft_jax import models
+    with pytest.raises(ptft_jax.ConfigError, match=r"^model.dtype is 'fp8'; use one of: float32, bfloat16, float16\.$"):
+        models.build({"name": "resnet18", "dtype": "fp8"}, 3)
 
 
 def _cfg(**over):
