@@ -309,10 +309,10 @@ def xla_flops(lowered, compiled):
             return None
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
         return float(ca["flops"]) if ca and ca.get("flops") else None
-    c, l = get(compiled), get(lowered)
-    if c and (not l or c >= 0.9 * l):
-        return c, "compiled", l
-    return (l, "lowered", c) if l else (c, "compiled", None)
+    c, lo = get(compiled), get(lowered)
+    if c and (not lo or c >= 0.9 * lo):
+        return c, "compiled", lo
+    return (lo, "lowered", c) if lo else (c, "compiled", None)
 
 
 STEP_FLOPS = {}  # model_step workload name -> FLOPs per step, for its pipeline row
@@ -355,7 +355,7 @@ def run_model_step(w, a):
                flops_other_analysis=other, params=nparams, peak_bytes=peak,
                peak_set_here=bool(peak and (peak0 is None or peak > peak0)), exe_bytes=exe_bytes, dtype=dtype,
                last_loss=float(last["loss"]), last_nonfinite=int(last["nonfinite"]))
-    del held, batch, compiled, lowered
+    held = batch = compiled = lowered = None  # freed (a del would leave calls()'s names undefined)
     progress(f"{w['name']}: {row['steps_per_s']:.2f} steps/s; running the peer")
     timing = dict(steps=w["calls"], repeats=w["repeats"], warmup=w.get("warmup", 1), params=nparams)
     if cfg.model["name"] == "bert_mlm":

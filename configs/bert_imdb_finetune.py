@@ -6,13 +6,11 @@
     python launch.py --config=configs/bert_imdb_finetune.py --workdir=runs/imdb_512 \
         --config.init_from=runs/bert_base --config.data.max_len=512 --config.data.batch_size=16
 """
-import os
-
-from ptft_jax.config import import_config_module
+from ptft_jax.config import recipe
 
 
 def get_config(preset="base"):
-    c = import_config_module(os.path.join(os.path.dirname(__file__), "bert_sst2_finetune.py")).get_config(preset)
+    c = recipe("bert_sst2_finetune", preset)
     c.data.source = "tfds:imdb_reviews"
     c.data.test_split = "test"
     c.data.max_len = 256

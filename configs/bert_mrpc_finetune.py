@@ -5,13 +5,11 @@ sentence1, sentence2; [CLS] A [SEP] B [SEP] with token type 1 for B). GLUE repor
     python -m ptft_jax.prepare glue/mrpc                      # once, needs the [tf] extra
     python launch.py --config=configs/bert_mrpc_finetune.py --workdir=runs/mrpc --config.init_from=runs/bert_base
 """
-import os
-
-from ptft_jax.config import import_config_module
+from ptft_jax.config import recipe
 
 
 def get_config(preset="base"):
-    c = import_config_module(os.path.join(os.path.dirname(__file__), "bert_sst2_finetune.py")).get_config(preset)
+    c = recipe("bert_sst2_finetune", preset)
     c.data.source = "tfds:glue/mrpc"
     c.train.log_every = 20
     return c

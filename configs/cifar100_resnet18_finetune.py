@@ -30,6 +30,5 @@ def get_config():
     c.train.epochs = 30
     c.train.log_every = 100
     c.init_from = "runs/cifar10_resnet18_pt"
-    c.graft = [("head/.*", "init"), (".*", "load")]
     c.finetune.strategy = "full"  # or linear_probe; finetune.layer_decay=0.8 (blocks block_0..block_7)
     return c

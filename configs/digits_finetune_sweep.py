@@ -5,13 +5,12 @@
     python launch.py --mode=report --workdir=runs/digits_sweep          # the table again, best first
     python launch.py --config=configs/digits_finetune_sweep.py --workdir=runs/digits_sweep --sweep_print
 """
-import os
-import sys
+from ptft_jax import sweep
+from ptft_jax.config import recipe
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from digits_mlp_finetune import get_config  # noqa: E402,F401 - the base config of every member
-from ptft_jax import sweep  # noqa: E402
+def get_config():
+    return recipe("digits_mlp_finetune")  # the base config of every member
 
 
 def get_sweep():

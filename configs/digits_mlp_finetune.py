@@ -17,6 +17,5 @@ def get_config():
     c.optim.lr = 0.001
     c.train.epochs = 10
     c.init_from = "runs/digits_pt"
-    c.graft = [("head/.*", "init"), (".*", "load")]
     c.finetune.strategy = "full"  # or linear_probe; finetune.lr_mults=[("dense_.*", 0.1)]; finetune.layer_decay
     return c

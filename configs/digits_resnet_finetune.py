@@ -26,5 +26,4 @@ def get_config():
     c.train.epochs = 3
     c.train.log_every = 22
     c.init_from = "runs/digits_resnet_pt"
-    c.graft = [("head/.*", "init"), (".*", "load")]
     return c

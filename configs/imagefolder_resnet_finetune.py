@@ -25,7 +25,6 @@ def get_config(preset="imagenet"):
     c.optim.momentum = 0.9
     c.optim.schedule = "cosine"
     c.train.log_every = 20
-    c.graft = [("head/.*", "init"), (".*", "load")]
     c.finetune.strategy = "full"  # or linear_probe (head only); finetune.layer_decay=0.8
     if preset == "imagenet":
         c.model = dict(name="resnet50", stem="imagenet", dtype="bfloat16")

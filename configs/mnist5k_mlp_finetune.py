@@ -1,7 +1,8 @@
 """The seed's fine-tune on real MNIST, offline: the mnist5k MLP gets a new 2-class head (digit >= 5), SGD 0.001.
 
     python launch.py --config=configs/mnist5k_mlp_pretrain.py --workdir=runs/mnist5k_pt
-    python launch.py --config=configs/mnist5k_mlp_finetune.py --workdir=runs/mnist5k_ft --config.init_from=runs/mnist5k_pt
+    python launch.py --config=configs/mnist5k_mlp_finetune.py --workdir=runs/mnist5k_ft \
+        --config.init_from=runs/mnist5k_pt
 """
 from ptft_jax.config import defaults
 
@@ -16,5 +17,4 @@ def get_config():
     c.optim.lr = 0.001
     c.train.epochs = 10
     c.init_from = "runs/mnist5k_pt"
-    c.graft = [("head/.*", "init"), (".*", "load")]
     return c

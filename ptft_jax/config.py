@@ -1,17 +1,24 @@
 """Configs: the defaults every recipe starts from, loading a recipe file, overrides and validation.
 
 A recipe is a Python file whose `get_config(preset=None)` returns an `ml_collections.ConfigDict` built on
-`defaults()`. Overrides are `key.path=value` strings (as on the command line) or a dict; a key that does
-not exist is an error naming it and the nearest valid keys.
+`defaults()` (or on another recipe's config: `recipe("NAME", preset)`). Overrides are `key.path=value` strings
+(as on the command line) or a dict; a key that does not exist is an error naming it and the nearest valid keys.
+
+`defaults()` is the whole schema: every key and its default, with the allowed values beside it in `CHOICES`
+(enumerations), `TRI_STATE` (auto | true | false, normalised to those lowercase strings) and `RANGES` (numeric
+bounds). `validate()` checks all of them, once, so the code that reads a validated config checks nothing again.
+`durations(config, steps_per_epoch)` turns epochs and the None defaults into steps, in one place.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
 import os
-from typing import Any, Iterable, Mapping
+import sys
+from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
@@ -107,7 +114,40 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+# The allowed values of the keys that take one of a few (checked by validate(), which names the key and these).
+TRI_STATE = ("auto", "true", "false")
+CHOICES: dict[str, tuple] = {
+    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.schedule": ("constant", "cosine"),
+    "finetune.strategy": ("full", "linear_probe"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "data.in_memory": TRI_STATE,
+    "data.device_resident": TRI_STATE,
+    "data.augment": (None, "crop_flip", "inception_crop"),
+}
+# Keys given as true/false or "auto" (any case, or a bool): validate() stores them as "auto" | "true" | "false".
+TRI_STATE_KEYS = tuple(k for k, v in CHOICES.items() if v is TRI_STATE)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Numeric bounds: key -> (holds(value), the one-sentence error for a value that breaks it).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "optim.lr": (lambda v: _number(v) and v > 0, "optim.lr must be positive, not {value}."),
+    "data.mask_prob": (lambda v: _number(v) and 0.0 < v < 1.0,
+                       "data.mask_prob {value} must be a number between 0 and 1 (BERT uses 0.15)."),
+    "data.max_len": (lambda v: _number(v) and v >= 3,
+                     "data.max_len {value} leaves no room for text after [CLS] and [SEP]; use e.g. 128."),
+    "data.max_documents": (lambda v: v is None or (_number(v) and v >= 1),
+                           "data.max_documents {value} must be at least 1 (or None for every document)."),
+}
+
+
 def flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}: the config's dotted keys. Lists (graft rules), None values and
+    empty sections stay leaves, unlike a pytree flattening (which drops None and descends into lists)."""
     out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
@@ -142,7 +182,7 @@ def parse_value(text: str, current: Any, path: str) -> Any:
         if low in ("false", "0", "no"):
             return False
         raise ConfigError(f"Config key '{path}' takes true or false, not {text!r}.")
-    if isinstance(current, str) and not text.strip().lower() in ("none", "null"):
+    if isinstance(current, str) and text.strip().lower() not in ("none", "null"):
         return text
     try:
         value = ast.literal_eval(text)
@@ -153,7 +193,19 @@ def parse_value(text: str, current: Any, path: str) -> Any:
     return value
 
 
+def _tri_state(value: Any) -> Any:
+    """True / "TRUE" / "auto" ... -> "true" | "false" | "auto"; anything else is returned as is (validate() names
+    it)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.strip().lower() in TRI_STATE:
+        return value.strip().lower()
+    return value
+
+
 def _check_type(path: str, current: Any, value: Any) -> Any:
+    if path in TRI_STATE_KEYS:
+        return _tri_state(value)
     if value is None or current is None:
         return value
     if isinstance(current, bool) or isinstance(value, bool):
@@ -211,8 +263,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     return config
 
 
-def validate(config) -> ml_collections.ConfigDict:
-    """Checks every key against `defaults()` and fills in missing ones; returns a new ConfigDict."""
+def _complete(config) -> ml_collections.ConfigDict:
+    """Checks every key against `defaults()` and fills in missing ones (types as the defaults'); a new ConfigDict."""
     if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     if not isinstance(config, ml_collections.ConfigDict):
@@ -231,6 +283,64 @@ def validate(config) -> ml_collections.ConfigDict:
     return apply_overrides(base, given)
 
 
+def _check_values(config):
+    """The schema's allowed values (CHOICES, RANGES) and the rules between keys; raises the first violation."""
+    flat = flatten(config)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError.choice(key, flat[key], allowed)
+    for key, (holds, message) in RANGES.items():
+        if not holds(flat[key]):
+            raise ConfigError(message.format(value=flat[key]))
+    if config.data.augment == "inception_crop" and not config.data.image_size:
+        raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
+    if config.graft is not None:
+        from ptft_jax.graft import normalize_rules  # its (regex, action) checks, for the graft() API too
+        normalize_rules(config.graft)
+
+
+def validate(config) -> ml_collections.ConfigDict:
+    """Checks every key against `defaults()`, fills in missing ones and checks the values against the schema
+    (CHOICES, TRI_STATE, RANGES); returns a new ConfigDict, with the tri-state keys as "auto" | "true" | "false"."""
+    config = _complete(config)
+    _check_values(config)
+    return config
+
+
+def warmup_steps(optim_cfg, steps_per_epoch: int | None = None) -> int:
+    """optim.warmup_steps, or optim.warmup_epochs converted to steps (the one place that converts it)."""
+    if optim_cfg.get("warmup_epochs"):
+        if not steps_per_epoch:
+            raise ConfigError("optim.warmup_epochs needs the steps per epoch; set optim.warmup_steps instead.")
+        return int(round(optim_cfg.warmup_epochs * steps_per_epoch))
+    return int(optim_cfg.warmup_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+    """A run's lengths in steps: train.steps/epochs, the warmup, and the log / eval / checkpoint intervals."""
+    total_steps: int
+    warmup_steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+
+def durations(config, steps_per_epoch: int) -> Durations:
+    """`config`'s durations in steps: train.steps (else train.epochs x steps_per_epoch, rounded), optim.warmup_steps
+    (else optim.warmup_epochs x steps_per_epoch), and train.eval_every / checkpoint_every (None: once an epoch)."""
+    t = config.train
+    if t.steps is not None:
+        total = int(t.steps)
+    else:
+        total = int(round(t.epochs * steps_per_epoch)) if t.epochs is not None else 0
+    if total <= 0:
+        raise ConfigError("train.steps / train.epochs give no training steps; set a positive duration.")
+    return Durations(total_steps=total, warmup_steps=warmup_steps(config.optim, steps_per_epoch),
+                     log_every=int(t.log_every), eval_every=int(t.eval_every or steps_per_epoch),
+                     checkpoint_every=int(t.checkpoint_every or steps_per_epoch))
+
+
 def import_config_module(path: str):
     """Imports a recipe file as a module; a missing or broken file is a ConfigError."""
     if not os.path.isfile(path):
@@ -245,8 +355,20 @@ def import_config_module(path: str):
     return module
 
 
+def recipe(name: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """Another recipe's config, for a recipe built on it: `c = recipe("bert_sst2_finetune", preset)`.
+
+    `name` is a recipe file (".py" optional), relative to the folder of the recipe that calls this, or a path."""
+    if not name.endswith(".py"):
+        name += ".py"
+    caller = sys._getframe(1).f_globals.get("__file__")
+    path = os.path.join(os.path.dirname(os.path.abspath(caller)) if caller else os.getcwd(), name)
+    module = import_config_module(path)
+    return module.get_config(preset) if preset is not None else module.get_config()
+
+
 def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
-    """Loads `path/to/recipe.py[:preset]`, applies overrides and validates."""
+    """Loads `path/to/recipe.py[:preset]`, applies overrides and validates the result."""
     path, _, preset = spec.partition(":")
     module = import_config_module(path)
     if not hasattr(module, "get_config"):
@@ -255,8 +377,7 @@ def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
         config = module.get_config(preset) if preset else module.get_config()
     except TypeError as e:
         raise ConfigError(f"Config file {path!r}: get_config() does not take the preset {preset!r} ({e}).") from e
-    config = validate(config)
-    return apply_overrides(config, overrides)
+    return validate(apply_overrides(_complete(config), overrides))
 
 
 def to_json(config) -> str:

@@ -6,7 +6,10 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    pass
+    @classmethod
+    def choice(cls, key: str, value, allowed) -> "ConfigError":
+        """'optim.name is 'lion'; use one of: sgd, adam, adamw.' (allowed may hold None, shown as None)."""
+        return cls(f"{key} is {value!r}; use one of: {', '.join(str(a) for a in allowed)}.")
 
 
 class DataError(UserError):

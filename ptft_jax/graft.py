@@ -10,9 +10,10 @@ inside its collection, e.g. `dense_0/kernel`. The first rule whose regex matches
   skip  names checkpoint paths to leave unused (e.g. a pretraining head the new model lacks)
   load_or_init  load when the checkpoint has the path (same shape required), else keep the fresh
         initialisation (e.g. BERT's pooler, which a masked-LM checkpoint lacks and a classifier's has)
-A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every offending path with both shapes, when a fresh path matches no rule, when a `load`
-path is missing from the checkpoint or has another shape, or when a checkpoint path is left unused and no rule
-names it (so nothing is dropped silently). The report records the source checkpoint's path, step and a content
+A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every
+offending path with both shapes, when a fresh path matches no rule, when a `load` path is missing from the
+checkpoint or has another shape, or when a checkpoint path is left unused and no rule names it (so nothing is
+dropped silently). The report records the source checkpoint's path, step and a content
 hash, and is written to WORKDIR/graft.json by fine-tuning runs.
 """
 from __future__ import annotations
@@ -73,21 +74,11 @@ class GraftReport:
         return d
 
 
-def flatten(tree: Mapping) -> dict[str, Any]:
-    """{"a": {"b": x}} -> {"a/b": x}; lists (optax states restored raw) get their index as a key."""
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}" if prefix else str(k))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{prefix}/{i}" if prefix else str(i))
-        elif node is not None:
-            out[prefix] = node
-    walk(tree, "")
-    return out
+def flatten(tree) -> dict[str, Any]:
+    """{"a": {"b": x}} -> {"a/b": x}: every leaf by its slash-joined tree path. Lists (optax states restored raw)
+    give their index as a key; None leaves (empty subtrees) are left out."""
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:

@@ -9,6 +9,8 @@ import time
 import jax
 import numpy as np
 
+from ptft_jax.files import atomic, write_text
+
 
 def is_main() -> bool:
     return jax.process_index() == 0
@@ -55,10 +57,7 @@ class MetricsFile:
         if not (is_main() and os.path.exists(self.path)):
             return
         keep = [line for line in self.read() if line["step"] <= step]
-        with open(self.path + ".tmp", "w") as f:
-            for line in keep:
-                f.write(json.dumps(line) + "\n")
-        os.replace(self.path + ".tmp", self.path)
+        write_text(self.path, "".join(json.dumps(line) + "\n" for line in keep))
 
     def write(self, step: int, split: str, **values):
         if not is_main():
@@ -157,7 +156,8 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
         ax.legend()
     fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(metrics_path))))
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with atomic(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return png_path
 
@@ -178,6 +178,7 @@ def plot_sweep(workdir: str, members, png_path: str) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with atomic(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return png_path

@@ -1,4 +1,7 @@
-"""The optimiser from `config.optim`, through optax."""
+"""The optimiser from `config.optim`, through optax.
+
+Its settings are checked by config.validate() (the allowed names, schedules and strategies, optim.lr > 0); the
+functions here take a validated config."""
 from __future__ import annotations
 
 import re
@@ -6,55 +9,55 @@ import re
 import jax
 import optax
 
+from ptft_jax.config import Durations, warmup_steps  # warmup_steps: also optim.warmup_steps, as before
 from ptft_jax.errors import ConfigError
 
 
-def warmup_steps(cfg, steps_per_epoch: int | None = None) -> int:
-    """optim.warmup_steps, or optim.warmup_epochs converted to steps (the one place that converts it)."""
-    if cfg.get("warmup_epochs"):
-        if not steps_per_epoch:
-            raise ConfigError("optim.warmup_epochs needs the steps per epoch; set optim.warmup_steps instead.")
-        return int(round(cfg.warmup_epochs * steps_per_epoch))
-    return int(cfg.warmup_steps)
-
-
-def schedule(cfg, total_steps: int, steps_per_epoch: int | None = None):
-    warmup = warmup_steps(cfg, steps_per_epoch)
-    if cfg.schedule == "constant":
-        if warmup:
-            return optax.join_schedules(
-                [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)],
-                [warmup])
-        return cfg.lr
+def schedule(cfg, total_steps: int, steps_per_epoch: int | None = None, *, warmup: int | None = None):
+    """The learning rate of a validated `config.optim` by step: constant or cosine, after a linear warmup of `warmup`
+    steps (default: optim.warmup_steps, or optim.warmup_epochs at `steps_per_epoch`)."""
+    if warmup is None:
+        warmup = warmup_steps(cfg, steps_per_epoch)
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0 if warmup else cfg.lr, peak_value=cfg.lr,
             warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
             end_value=cfg.lr * cfg.min_lr_ratio)
-    raise ConfigError(f"optim.schedule {cfg.schedule!r} is not one of: constant, cosine.")
+    if warmup:  # constant
+        return optax.warmup_constant_schedule(init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup)
+    return cfg.lr
 
 
-def build(cfg, total_steps: int, finetune=None, params=None,
-          steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-    """The optimiser of `config.optim`, shaped by `config.finetune` when params are given."""
-    tx = base(cfg, total_steps, steps_per_epoch)
+def build(cfg, total_steps: int | None = None, finetune=None, params=None, steps_per_epoch: int | None = None, *,
+          durations: Durations | None = None) -> optax.GradientTransformation:
+    """The optimiser of a validated `config.optim`, shaped by `config.finetune` when params are given.
+
+    The run's length and warmup come from `durations` (config.durations(config, steps_per_epoch)), or else from
+    `total_steps` and optim.warmup_steps / optim.warmup_epochs at `steps_per_epoch`."""
+    if durations is not None:
+        if total_steps is not None and total_steps != durations.total_steps:
+            raise ValueError(f"total_steps {total_steps} differs from durations.total_steps {durations.total_steps}")
+        total_steps, warmup = durations.total_steps, durations.warmup_steps
+    elif total_steps is None:
+        raise TypeError("optim.build needs total_steps or durations")
+    else:
+        warmup = warmup_steps(cfg, steps_per_epoch)
+    tx = base(cfg, total_steps, warmup=warmup)
     if finetune is None or params is None:
         return tx
     mults = path_multipliers(params, finetune)
-    if finetune.strategy == "linear_probe":
+    if finetune.strategy == "linear_probe":  # else "full": every leaf trains
         labels = jax.tree_util.tree_map_with_path(
             lambda p, _: "train" if _is_head(_path(p)) else "freeze", params)
         # Frozen leaves get no updates and keep no optimiser state.
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
-    elif finetune.strategy != "full":
-        raise ConfigError(f"finetune.strategy {finetune.strategy!r} is not one of: full, linear_probe.")
     if any(m != 1.0 for m in jax.tree.leaves(mults)):
         tx = optax.chain(tx, _scale_by_tree(mults))
     return tx
 
 
 def _path(keypath) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+    return jax.tree_util.keystr(keypath, simple=True, separator="/")
 
 
 def _is_head(path: str) -> bool:
@@ -108,26 +111,23 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, _: _path(p).rsplit("/", 1)[-1] == "kernel", params)
 
 
-def base(cfg, total_steps: int, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+def base(cfg, total_steps: int, steps_per_epoch: int | None = None, *,
+         warmup: int | None = None) -> optax.GradientTransformation:
     """SGD (momentum, nesterov), Adam or AdamW, with optional clipping and weight decay (kernels only)."""
-    lr = schedule(cfg, total_steps, steps_per_epoch)
+    lr = schedule(cfg, total_steps, steps_per_epoch, warmup=warmup)
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    name = cfg.name
-    if name == "sgd":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-        parts.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-    elif name == "adam":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-        parts.append(optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-    elif name == "adamw":
-        parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                 mask=decay_mask))
-    else:
-        raise ConfigError(f"optim.name {name!r} is not one of: sgd, adam, adamw.")
-    if cfg.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, not {cfg.lr}.")
+    if cfg.name in ("sgd", "adam") and cfg.weight_decay:  # added to the gradient; adamw decouples it
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+    parts.append(_OPTIMISERS[cfg.name](cfg, lr))
     return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+
+# optim.name -> the optax optimiser at learning rate (or schedule) lr; the names are config.CHOICES["optim.name"].
+_OPTIMISERS = {
+    "sgd": lambda cfg, lr: optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+    "adam": lambda cfg, lr: optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+    "adamw": lambda cfg, lr: optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                         mask=decay_mask),
+}

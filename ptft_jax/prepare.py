@@ -15,7 +15,8 @@ def prepare(name: str, data_dir: str | None = None) -> str:
     try:
         import tensorflow  # noqa: F401
     except ImportError:
-        raise SystemExit("error: preparing a TFDS dataset needs TensorFlow; install it with: pip install 'ptft_jax[tf]'")
+        raise SystemExit("error: preparing a TFDS dataset needs TensorFlow; install it with: "
+                         "pip install 'ptft_jax[tf]'")
     import tensorflow_datasets as tfds
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()

@@ -20,6 +20,7 @@ import shlex
 import sys
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.files import write_json, write_text
 
 
 def axis(key: str, values) -> list[dict]:
@@ -100,9 +101,8 @@ def run(spec: str, workdir: str, overrides=(), log=print) -> list[dict]:
         config = ptft_jax.load_config(spec, list(overrides))
         config = ptft_jax.apply_overrides(config, member)
         result = ptft_jax.train(config, sub, log=log)
-        with open(os.path.join(sub, "member.json.tmp"), "w") as f:
-            json.dump({"name": name, "overrides": member, "result": result}, f, indent=2, default=str)
-        os.replace(os.path.join(sub, "member.json.tmp"), os.path.join(sub, "member.json"))
+        write_json(os.path.join(sub, "member.json"), {"name": name, "overrides": member, "result": result},
+                   default=str)
     return report(workdir, log=log)
 
 
@@ -153,8 +153,7 @@ def report(workdir: str, log=print) -> list[dict]:
     writer = csv.DictWriter(buf, fieldnames=cols)
     writer.writeheader()
     writer.writerows(rows)
-    with open(os.path.join(workdir, "results.csv"), "w") as f:
-        f.write(buf.getvalue())
+    write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
     from ptft_jax.metrics import plot_sweep
     plot_sweep(workdir, [r["member"] for r in rows], os.path.join(workdir, "sweep.png"))
     return rows

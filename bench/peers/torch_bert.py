@@ -79,7 +79,7 @@ class BertMLM(nn.Module):
 def _model(dims, vocab_size, dropout, use_transformers):
     layers, hidden, heads, inter = dims
     if use_transformers:
-        from transformers import BertConfig, BertForMaskedLM  # noqa: the caller checked it imports
+        from transformers import BertConfig, BertForMaskedLM  # the caller checked that it imports
         config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                             num_attention_heads=heads, intermediate_size=inter, hidden_dropout_prob=dropout,
                             attention_probs_dropout_prob=0.0, max_position_embeddings=512, type_vocab_size=2)
@@ -152,6 +152,6 @@ def step(batch, params, size="base", dims=None, vocab_size=30522, dropout_rate=0
 
     loss, first, per_call, times = timed_calls(run, repeats, warmup)
     assert math.isfinite(loss.item()), f"torch {name}: loss {loss.item()}"
-    del model, opt
+    model = opt = None  # freed before the row is built (a del would leave run()'s names undefined)
     dtype = "bfloat16 autocast" if cuda else "float32"
     return step_row(f"torch eager, {name}, {dtype}", steps, first, per_call, times, n, cuda)

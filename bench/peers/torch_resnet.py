@@ -134,6 +134,6 @@ def step(images, labels, params, block="basic", stage_sizes=(2, 2, 2, 2), width=
             torch.cuda.synchronize()
 
     _, first, per_call, times = timed_calls(run, repeats, warmup)
-    del model, opt
+    model = opt = None  # freed before the row is built (a del would leave run()'s names undefined)
     dtype = "bfloat16 autocast, channels_last" if cuda else "float32"
     return step_row(f"torch eager, fixed batch, {dtype}", steps, first, per_call, times, n, cuda)

@@ -37,7 +37,7 @@ def build(model_config, num_classes: int | None = None, vocab_size: int | None =
             raise ConfigError(f"Unknown config key 'model.{key}' for model {name!r}: {hint}")
     if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
         if kwargs["dtype"] not in _DTYPES:
-            raise ConfigError(f"model.dtype {kwargs['dtype']!r} is not one of {', '.join(_DTYPES)}.")
+            raise ConfigError.choice("model.dtype", kwargs["dtype"], _DTYPES)
         kwargs["dtype"] = _DTYPES[kwargs["dtype"]]
     for key, value in kwargs.items():
         if isinstance(value, list):

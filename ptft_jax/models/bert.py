@@ -39,7 +39,8 @@ def _init(key, shape, dtype=jnp.float32):
     sampler per distinct size rather than per shape (q/k/v/out/pooler share one), which halves init time on CPU."""
     return (jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype) * 0.02).reshape(shape)
 
-_gelu = lambda x: nn.gelu(x, approximate=False)  # BERT's erf GELU
+def _gelu(x):
+    return nn.gelu(x, approximate=False)  # BERT's erf GELU
 
 
 class BertEmbeddings(nn.Module):
@@ -51,7 +52,9 @@ class BertEmbeddings(nn.Module):
     dtype: Any
 
     def setup(self):
-        embed = lambda n: nn.Embed(n, self.hidden_size, dtype=self.dtype, embedding_init=_init)
+        def embed(n):
+            return nn.Embed(n, self.hidden_size, dtype=self.dtype, embedding_init=_init)
+
         self.word, self.position, self.token_type = embed(self.vocab_size), embed(self.max_position), \
             embed(self.type_vocab_size)
         self.layer_norm = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype)
@@ -81,7 +84,9 @@ class BertLayer(nn.Module):
         h, a = self.hidden_size, self.num_heads
         if h % a:
             raise ConfigError(f"hidden size {h} is not divisible by the {a} attention heads.")
-        proj = lambda name: nn.DenseGeneral((a, h // a), dtype=self.dtype, kernel_init=_init, name=name)
+        def proj(name):
+            return nn.DenseGeneral((a, h // a), dtype=self.dtype, kernel_init=_init, name=name)
+
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, A, D]
         y = jax.nn.dot_product_attention(q, k, v, mask=mask)
         y = nn.DenseGeneral(h, axis=(-2, -1), dtype=self.dtype, kernel_init=_init, name="attention_out")(y)
