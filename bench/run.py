@@ -38,9 +38,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ptft_jax  # noqa: E402
-from ptft_jax import models, optim  # noqa: E402
+from ptft_jax import (  # noqa: E402
+    models,
+    optim,
+    tasks,  # noqa: E402
+)
 from ptft_jax.parallel import Parallel  # noqa: E402
-from ptft_jax import tasks  # noqa: E402
 from ptft_jax.step import TrainState, make_chunk_fn, make_train_step  # noqa: E402
 
 MLP = dict(model=dict(name="mlp", hidden=(256, 128)), shape=(28, 28, 1), classes=10, batch=256, lr=0.01,

@@ -69,8 +69,7 @@ def build_run(config, workdir: str, log=print) -> Run:
     order = EpochOrder(len(ds.train), d.batch_size, t.seed)
     steps = durations(config, order.steps_per_epoch)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), task.init_inputs(ds)))["params"]
-    tx = optim.build(config.optim, steps.total_steps, config.finetune, params_shape,
-                     steps_per_epoch=order.steps_per_epoch)
+    tx = optim.build(config.optim, finetune=config.finetune, params=params_shape, durations=steps)
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     return Run(config, workdir, par, task, ds, model, tx, order, steps, ckpt,
                MetricsFile(os.path.join(workdir, "metrics.jsonl")), init_from)

@@ -274,9 +274,9 @@ def test_optimiser_variants_train(over):
 
 def test_bad_optimiser_settings_are_clear():
     from ptft_jax import optim
-    with pytest.raises(ptft_jax.ConfigError, match="optim.name 'lion' is not one of"):
+    with pytest.raises(ptft_jax.ConfigError, match="optim.name is 'lion'; use one of"):
         optim.build(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), {"optim.name": "lion"}).optim, 10)
-    with pytest.raises(ptft_jax.ConfigError, match="optim.schedule 'linear' is not one of"):
+    with pytest.raises(ptft_jax.ConfigError, match="optim.schedule is 'linear'; use one of"):
         optim.build(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), {"optim.schedule": "linear"}).optim, 10)
 
 

@@ -227,9 +227,9 @@ def test_inception_crop_and_evaluation_view():
         left, top, right, bottom = aug.inception_box(40, 60, u)
         assert 0 <= left < right <= 60 and 0 <= top < bottom <= 40
     with pytest.raises(ptft_jax.ConfigError, match="needs data.image_size"):
-        aug.TrainAugment(_data_cfg(augment="inception_crop"), 0)
-    with pytest.raises(ptft_jax.ConfigError, match="data.augment 'cutout'"):
-        aug.TrainAugment(_data_cfg(augment="cutout"), 0)
+        ptft_jax.load_config(os.path.join(CONFIGS, "digits_resnet_pretrain.py"), {"data.augment": "inception_crop"})
+    with pytest.raises(ptft_jax.ConfigError, match="data.augment is 'cutout'; use one of"):
+        ptft_jax.load_config(os.path.join(CONFIGS, "digits_resnet_pretrain.py"), {"data.augment": "cutout"})
 
 
 @pytest.mark.parametrize("name", RECIPES)

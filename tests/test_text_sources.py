@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 import ptft_jax
 from ptft_jax import tasks
+from ptft_jax.config import validate
 from ptft_jax.text.masking import MLMMasking, masking_for
 from ptft_jax.metrics import f1_scores
 from ptft_jax.text import WordPieceTokenizer
@@ -131,9 +132,8 @@ def test_plain_text_files_pretrain_with_whole_words(tmp_path):
     with pytest.raises(ptft_jax.DataError, match="does not exist"):
         tasks.MaskedLM().load(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",
                                                    {"data.source": f"text:{tmp_path}/nope"}).data)
-    cfg.data.mask_prob = 1.5
     with pytest.raises(ptft_jax.ConfigError, match="data.mask_prob 1.5 must be a number between 0 and 1"):
-        tasks.MaskedLM().load(cfg.data)
+        validate(ptft_jax.apply_overrides(cfg, {"data.mask_prob": 1.5}))
 
 
 def test_csv_sentence_pairs(tmp_path):

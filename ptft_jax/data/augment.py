@@ -18,9 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ptft_jax.dataset import Dataset, Split
-from ptft_jax.errors import ConfigError
 
-KINDS = ("crop_flip", "inception_crop")
 EVAL_CROP = 0.875  # the evaluation view keeps the central 87.5% of the shorter side
 
 
@@ -101,10 +99,6 @@ class TrainAugment:
     """(split, global batch indices, this process's rows, step) -> this process's augmented batch."""
 
     def __init__(self, cfg, seed: int):
-        if cfg.augment not in KINDS:
-            raise ConfigError(f"data.augment {cfg.augment!r} is not one of: None, {', '.join(KINDS)}.")
-        if cfg.augment == "inception_crop" and not cfg.image_size:
-            raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
         self.kind, self.seed, self.size = cfg.augment, int(seed), cfg.image_size
         self.pad, self.scale, self.flip = int(cfg.crop_padding), tuple(cfg.crop_scale), bool(cfg.flip)
 

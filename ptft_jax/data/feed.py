@@ -125,7 +125,8 @@ class Feed:
     def __iter__(self):
         for step, k, at_boundary in self.plan:
             if self.resident:
-                idx = self.par.global_array(self.order.chunk(step, k)[:, self.rows], self.par.chunk_sharded, batch_axis=1)
+                idx = self.order.chunk(step, k)[:, self.rows]
+                idx = self.par.global_array(idx, self.par.chunk_sharded, batch_axis=1)
                 yield step, k, at_boundary, {"data": self._data, "idx": idx}
             else:
                 yield step, k, at_boundary, {"batches": self._device_feed.next(step, k)}

@@ -103,7 +103,6 @@ def load(cfg, log=print) -> Dataset:
     ds = get_source(cfg)
     if cfg.image_size:
         ds = augment.sized(ds, cfg)
-    mode = str(cfg.in_memory).lower()
     needs_arrays = cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None
     for name in ("train", "test"):
         split = getattr(ds, name)
@@ -111,7 +110,7 @@ def load(cfg, log=print) -> Dataset:
         keep_raw = name == "train" and cfg.augment == "inception_crop" and not needs_arrays
         if split.arrays is None and not keep_raw:
             nbytes = split.size * (int(np.asarray(split.records[0]["image"]).nbytes) + 4)
-            if mode == "true" or needs_arrays or (mode == "auto" and nbytes < 4 << 30):
+            if cfg.in_memory == "true" or needs_arrays or (cfg.in_memory == "auto" and nbytes < 4 << 30):
                 split = split.load_all(log=lambda m: log(f"{ds.name}/{name}: {m}"))
         if split.arrays is not None:
             split = select(split, cfg.classes, cfg.label_map, cfg.train_per_class if name == "train" else None)

@@ -27,9 +27,8 @@ import os
 import shutil
 import time
 
-import numpy as np
-
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from ptft_jax.dataset import Dataset, Split, select_classes

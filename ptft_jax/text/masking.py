@@ -129,16 +129,11 @@ def mask_tokens(input_ids, rng: np.random.Generator, mask_id: int, special_ids: 
             "masked_weights": weights}
 
 
-def _check_mask_prob(p):
-    if not isinstance(p, (int, float)) or not 0.0 < float(p) < 1.0:
-        raise ConfigError(f"data.mask_prob {p} must be a number between 0 and 1 (BERT uses 0.15).")
-
-
 class MLMMasking:
-    """(split, global batch indices, this process's rows, step) -> this process's masked-LM batch."""
+    """(split, global batch indices, this process's rows, step) -> this process's masked-LM batch; `split` a
+    dataset.Split of packed sequences (full or `compact`)."""
 
     def __init__(self, tok, max_len: int, seed: int, mask_prob: float = 0.15, whole_word: bool = False):
-        _check_mask_prob(mask_prob)
         self.seed, self.mask_id, self.vocab_size = int(seed), tok.mask_id, tok.vocab_size
         self.special_ids = tok.special_ids
         self.mask_prob, self.whole_word = float(mask_prob), bool(whole_word)
@@ -156,7 +151,7 @@ class MLMMasking:
                 "attention_mask": batch["attention_mask"], "masked_positions": m["masked_positions"],
                 "masked_labels": m["masked_labels"], "masked_weights": m["masked_weights"]}
 
-    def __call__(self, split: Split, indices: np.ndarray, rows: slice, step: int) -> dict:
+    def __call__(self, split, indices: np.ndarray, rows: slice, step: int) -> dict:
         batch = self.mask(split.take(indices), np.random.default_rng([self.seed, 2, int(step)]))
         return {k: v[rows] for k, v in batch.items()}
 

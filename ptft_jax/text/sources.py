@@ -73,8 +73,6 @@ def _split_documents(texts, cfg):
 def _capped(raw, n):
     if n is None:
         return raw
-    if int(n) < 1:
-        raise ConfigError(f"data.max_documents {n} must be at least 1 (or None for every document).")
     n = int(n)
     cut = lambda v: None if v is None else v[:n]  # noqa: E731
     raw.train_texts, raw.test_texts = raw.train_texts[:n], raw.test_texts[:n]
@@ -225,7 +223,7 @@ def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
             if not isinstance(b, str):
                 raise DataError(f"{path} line {i} has no text_b though other rows do; give every row a string "
                                 f"text_b (sentence pairs) or none.")
-    return [(t, l, b) for t, l, _, b in rows]
+    return [(text, label, b) for text, label, _, b in rows]
 
 
 def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> TextDataset:
@@ -239,14 +237,14 @@ def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> Tex
     rows = _read_rows(path, fmt)
     texts = [t for t, _, _ in rows]
     pairs = [b for _, _, b in rows] if rows[0][2] is not None else None
-    raw = [str(l).strip() for _, l, _ in rows]
-    if all(re.fullmatch(r"-?\d+", l) for l in raw):
-        labels, num_classes = check_labels(np.asarray([int(l) for l in raw]), path)
+    raw = [str(label).strip() for _, label, _ in rows]
+    if all(re.fullmatch(r"-?\d+", label) for label in raw):
+        labels, num_classes = check_labels(np.asarray([int(label) for label in raw]), path)
         class_names = None
     else:
         class_names = tuple(sorted(set(raw)))
         index = {c: i for i, c in enumerate(class_names)}
-        labels = np.asarray([index[l] for l in raw], np.int32)
+        labels = np.asarray([index[label] for label in raw], np.int32)
         num_classes = len(class_names)
     (tri, trl), (tei, tel) = split_or_refuse(path, np.arange(len(texts)), labels, test_fraction, split_seed)
     name = os.path.splitext(os.path.basename(path))[0]
