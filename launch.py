@@ -60,24 +60,28 @@ def _run(ptft_jax, overrides):
             raise ptft_jax.ConfigError("--mode=report needs --workdir=SWEEP_DIR.")
         ptft_jax.sweep.report(FLAGS.workdir)
         return
-    from ptft_jax.parallel import initialize
     if FLAGS.sweep or FLAGS.sweep_print:
         if not FLAGS.config or not FLAGS.workdir:
             raise ptft_jax.ConfigError("A sweep needs --config=configs/NAME.py and --workdir=DIR.")
         if FLAGS.sweep_print:
             print("\n".join(ptft_jax.sweep.commands(FLAGS.config, FLAGS.workdir, overrides)))
             return
-        initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        _initialize()
         ptft_jax.sweep.run(FLAGS.config, FLAGS.workdir, overrides)
         return
     if not FLAGS.config or not FLAGS.workdir:
         raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
-    config = ptft_jax.load_config(FLAGS.config, overrides)  # before jax.distributed: a bad config fails fast
-    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    config = ptft_jax.load_config(FLAGS.config, overrides)  # before jax is imported: a bad config fails at once
+    _initialize()
     if FLAGS.mode == "train":
         ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     else:
         ptft_jax.evaluate(config, FLAGS.workdir)
+
+
+def _initialize():
+    from ptft_jax.parallel import initialize  # jax: imported only once the config is known to be good
+    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import difflib
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable, Mapping
 
@@ -295,8 +296,28 @@ def _check_values(config):
     if config.data.augment == "inception_crop" and not config.data.image_size:
         raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
     if config.graft is not None:
-        from ptft_jax.graft import normalize_rules  # its (regex, action) checks, for the graft() API too
         normalize_rules(config.graft)
+
+
+GRAFT_ACTIONS = ("load", "init", "zero", "skip", "load_or_init")  # see graft.py
+DEFAULT_RULES = (("head/.*", "init"), (".*", "load"))  # config.graft None: everything but the head loads
+
+
+def normalize_rules(rules) -> list[tuple[str, str]]:
+    rules = DEFAULT_RULES if rules is None else rules
+    out = []
+    for rule in rules:
+        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
+            raise ConfigError(f"Graft rule {rule!r} is not a (regex, action) pair; write e.g. ('head/.*', 'init').")
+        pattern, action = str(rule[0]), str(rule[1])
+        if action not in GRAFT_ACTIONS:
+            raise ConfigError(f"Graft rule {rule!r} has action {action!r}; use one of {', '.join(GRAFT_ACTIONS)}.")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"Graft rule regex {pattern!r} does not compile ({e}).") from None
+        out.append((pattern, action))
+    return out
 
 
 def validate(config) -> ml_collections.ConfigDict:

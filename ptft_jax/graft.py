@@ -28,10 +28,8 @@ import jax
 import numpy as np
 
 from ptft_jax.checkpoint import InitFrom, load_checkpoint  # noqa: F401 (load_checkpoint: part of this API)
-from ptft_jax.errors import CheckpointError, ConfigError
-
-ACTIONS = ("load", "init", "zero", "skip", "load_or_init")
-DEFAULT_RULES = (("head/.*", "init"), (".*", "load"))
+from ptft_jax.config import DEFAULT_RULES, normalize_rules  # noqa: F401 (DEFAULT_RULES: part of this API)
+from ptft_jax.errors import CheckpointError
 
 
 class GraftError(CheckpointError):
@@ -94,23 +92,6 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 def _collections(variables: Mapping) -> dict[str, dict]:
     """{collection: {path: leaf}} from {"params": ..., "batch_stats": ...}."""
     return {c: flatten(tree) for c, tree in variables.items() if c != "step"}
-
-
-def normalize_rules(rules) -> list[tuple[str, str]]:
-    rules = DEFAULT_RULES if rules is None else rules
-    out = []
-    for rule in rules:
-        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
-            raise ConfigError(f"Graft rule {rule!r} is not a (regex, action) pair; write e.g. ('head/.*', 'init').")
-        pattern, action = str(rule[0]), str(rule[1])
-        if action not in ACTIONS:
-            raise ConfigError(f"Graft rule {rule!r} has action {action!r}; use one of {', '.join(ACTIONS)}.")
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ConfigError(f"Graft rule regex {pattern!r} does not compile ({e}).") from None
-        out.append((pattern, action))
-    return out
 
 
 def _rule_for(path: str, rules, fresh: bool = False) -> str | None:

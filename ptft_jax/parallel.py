@@ -51,8 +51,8 @@ class Parallel:
             raise ConfigError(f"{what} {batch_size} is not divisible by the {self.num_devices} devices; "
                               f"use a multiple of {self.num_devices}.")
 
-    def local_rows(self, batch_size: int) -> slice:
-        """The rows of a global batch that this process reads."""
+    def process_slice(self, batch_size: int) -> slice:
+        """This process's share of a global batch: the slice of its rows."""
         per = batch_size // self.process_count
         return slice(self.process_index * per, (self.process_index + 1) * per)
 

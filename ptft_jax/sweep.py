@@ -19,8 +19,11 @@ import re
 import shlex
 import sys
 
+import ptft_jax
+from ptft_jax.config import import_config_module
 from ptft_jax.errors import ConfigError
 from ptft_jax.files import write_json, write_text
+from ptft_jax.metrics import MetricsFile, plot_sweep
 
 
 def axis(key: str, values) -> list[dict]:
@@ -71,7 +74,6 @@ def member_name(overrides: dict) -> str:
 
 def load_members(spec: str) -> list[tuple[str, dict]]:
     """(name, overrides) for each member of the config file's get_sweep()."""
-    from ptft_jax.config import import_config_module
     module = import_config_module(spec.partition(":")[0])
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"Config file {spec.partition(':')[0]!r} has no get_sweep(); define one returning a list "
@@ -89,7 +91,6 @@ def load_members(spec: str) -> list[tuple[str, dict]]:
 
 def run(spec: str, workdir: str, overrides=(), log=print) -> list[dict]:
     """Runs every member one after another; returns the report rows."""
-    import ptft_jax
     members = load_members(spec)
     os.makedirs(workdir, exist_ok=True)
     for i, (name, member) in enumerate(members):
@@ -135,7 +136,6 @@ def report(workdir: str, log=print) -> list[dict]:
             rows.append({"member": name, "status": "finished", **{f"test_{k}": m["result"].get(k)
                                                                   for k in _METRICS}})
         elif os.path.exists(os.path.join(sub, "metrics.jsonl")):
-            from ptft_jax.metrics import MetricsFile
             tests = [r for r in MetricsFile(os.path.join(sub, "metrics.jsonl")).read() if r["split"] == "test"]
             last = tests[-1] if tests else {}
             rows.append({"member": name, "status": "unfinished", **{f"test_{k}": last.get(k) for k in _METRICS}})
@@ -154,6 +154,5 @@ def report(workdir: str, log=print) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
-    from ptft_jax.metrics import plot_sweep
     plot_sweep(workdir, [r["member"] for r in rows], os.path.join(workdir, "sweep.png"))
     return rows

@@ -49,7 +49,7 @@ class Task:
         return x, None
 
     def host_transform(self, ds, data_cfg, seed: int):
-        """The host pipeline's per-batch transform `(split, indices, rows, step) -> batch`, or None."""
+        """The host pipeline's per-batch transform `(split, indices, share, step) -> batch`, or None."""
         return None
 
     def init_inputs(self, ds):

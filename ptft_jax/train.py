@@ -215,6 +215,14 @@ def _should_save(run: Run, step: int, last_save: float) -> bool:
     return bool(t.checkpoint_every) or run.par.agree(time.perf_counter() - last_save >= t.checkpoint_min_secs)
 
 
+def _summary(run: Run, state) -> str:
+    cfg, p = run.config, state.params
+    return (f"model {cfg.model.name}: {models.count_params(p):,} params ({params_by_module(p)}) | data {run.ds.name}: "
+            f"{len(run.ds.train)} train, {len(run.ds.test)} test | {run.par.describe()} | {run.steps.total_steps} "
+            f"steps ({run.order.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | checkpoints in "
+            f"{run.ckpt.directory}")
+
+
 def train(config, workdir: str, log=print, allow_config_change: bool = False) -> dict:
     """Trains (pretraining or fine-tuning, by config) and returns the final test metrics
     {"step", "split", "loss", "accuracy", ["f1" | "macro_f1"], "examples"}.
@@ -231,11 +239,8 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     if is_main():
         write_text(os.path.join(run.workdir, "config.json"), to_json(cfg))
         write_json(os.path.join(run.workdir, "data.json"), run.ds.info(run.task.name), indent=2)
+    log(_summary(run, state))
     start = int(state.step)
-    log(f"model {cfg.model.name}: {models.count_params(state.params):,} params ({params_by_module(state.params)}) | "
-        f"data {run.ds.name}: {len(run.ds.train)} train, {len(run.ds.test)} test | {run.par.describe()} | "
-        f"{s.total_steps} steps ({run.order.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | "
-        f"checkpoints in {run.ckpt.directory}")
     if start >= s.total_steps:
         return _finished(run, state, log)
 
@@ -280,7 +285,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
             # Evaluate.
             if step % s.eval_every == 0 and step < s.total_steps:
                 ev = evaluate_now(state)
-                run.metrics.write(step, "test", **_scores(ev))
+                run.metrics.write(step, "test", **ev)
                 console.line(f"step {step}: {_describe(ev)}")
             # Save.
             if _should_save(run, step, last_save):

@@ -324,7 +324,6 @@ def test_batch_stats_are_over_the_global_batch_on_4_devices():
         from ptft_jax.parallel import Parallel
         from ptft_jax.step import TrainState, make_train_step
         from ptft_jax.tasks import ImageClassification
-from ptft_jax.tasks import ImageClassification
         assert jax.device_count() == 4
         model = models.build(dict(name="resnet18", stem="cifar", width=4, stage_sizes=(1,)), 4)
         v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))

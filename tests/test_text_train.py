@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import ptft_jax
-from ptft_jax import data as data_lib
+from ptft_jax.data.pipeline import EpochOrder, host_batches
+from ptft_jax.dataset import Split
 from ptft_jax.text.masking import MLMMasking
 from ptft_jax.text import WordPieceTokenizer, pack
 
@@ -92,9 +93,9 @@ def test_csv_text_classification(tmp_path, log):
 def test_mlm_masking_in_the_pipeline_is_deterministic():
     texts = [" ".join(f"word{(i * 7 + j) % 50}" for j in range(20)) for i in range(60)]
     tok = WordPieceTokenizer.train(texts, vocab_size=100)
-    split = data_lib.Split(0, arrays=pack(tok.tokenize_batch(texts), 16, tok.cls_id, tok.sep_id, tok.pad_id))
+    split = Split(0, arrays=pack(tok.tokenize_batch(texts), 16, tok.cls_id, tok.sep_id, tok.pad_id))
     split.size = len(split.arrays["input_ids"])
-    order = data_lib.EpochOrder(split.size, 8, seed=3)
+    order = EpochOrder(split.size, 8, seed=3)
     masking = MLMMasking(tok, 16, seed=3)
     a = masking(split, order.indices(5), slice(None), 5)
     b = masking(split, order.indices(5), slice(None), 5)
@@ -107,8 +108,8 @@ def test_mlm_masking_in_the_pipeline_is_deterministic():
     # a process's rows are those rows of the global batch; a resumed pipeline reads the same batches
     half = masking(split, order.indices(5), slice(4, 8), 5)
     assert all(np.array_equal(half[k], a[k][4:8]) for k in a)
-    full = list(data_lib.host_batches(split, order, 0, 8, slice(None), 2, 2, augment=masking))
-    resumed = list(data_lib.host_batches(split, order, 5, 8, slice(None), 2, 2, augment=masking))
+    full = list(host_batches(split, order, 0, 8, slice(None), 2, 2, augment=masking))
+    resumed = list(host_batches(split, order, 5, 8, slice(None), 2, 2, augment=masking))
     for x, y in zip(full[5:], resumed):
         assert all(np.array_equal(x[k], y[k]) for k in x)
 

@@ -102,17 +102,17 @@ class TrainAugment:
         self.kind, self.seed, self.size = cfg.augment, int(seed), cfg.image_size
         self.pad, self.scale, self.flip = int(cfg.crop_padding), tuple(cfg.crop_scale), bool(cfg.flip)
 
-    def __call__(self, split: Split, indices: np.ndarray, rows: slice, step: int) -> dict:
+    def __call__(self, split: Split, indices: np.ndarray, share: slice, step: int) -> dict:
         rng = np.random.default_rng([self.seed, 1, int(step)])
         n = len(indices)
         if self.kind == "crop_flip":
-            offsets, flips = rng.integers(0, 2 * self.pad + 1, (n, 2))[rows], (rng.random(n) < 0.5)[rows] & self.flip
-            batch = split.take(indices[rows])
+            offsets, flips = rng.integers(0, 2 * self.pad + 1, (n, 2))[share], (rng.random(n) < 0.5)[share] & self.flip
+            batch = split.take(indices[share])
             batch["image"] = crop_flip(batch["image"], offsets, flips, self.pad)
             return batch
-        u = rng.random((n, 41))[rows]
+        u = rng.random((n, 41))[share]
         images, labels = [], []
-        for i, draws in zip(indices[rows], u):
+        for i, draws in zip(indices[share], u):
             r = split.records.raw(i) if hasattr(split.records, "raw") else split.take(np.asarray([i]))
             image = np.asarray(r["image"]).reshape(np.shape(r["image"])[-3:])
             image = resize(image, self.size, inception_box(*image.shape[:2], draws[:40], self.scale))

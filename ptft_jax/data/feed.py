@@ -103,7 +103,7 @@ class Feed:
     def __init__(self, ds, task, order, par, config, params, start: int, total: int, every):
         d = config.data
         self.par, self.order = par, order
-        self.rows = par.local_rows(d.batch_size)
+        self.share = par.process_slice(d.batch_size)
         self.resident = train_resident(ds, task, d)
         self.per_call = config.train.steps_per_call or default_steps_per_call(ds, task, config, par, params,
                                                                               self.resident)
@@ -112,7 +112,7 @@ class Feed:
         if self.resident:
             self._data = {k: par.replicate(v) for k, v in ds.train.arrays.items()}
         else:
-            batches = host_batches(ds.train, order, start, total, self.rows, d.num_threads, d.prefetch,
+            batches = host_batches(ds.train, order, start, total, self.share, d.num_threads, d.prefetch,
                                    augment=task.host_transform(ds, d, config.train.seed))
             put = lambda stacked: {k: par.global_array(v, par.chunk_sharded, batch_axis=1)  # noqa: E731
                                    for k, v in stacked.items()}
@@ -125,7 +125,7 @@ class Feed:
     def __iter__(self):
         for step, k, at_boundary in self.plan:
             if self.resident:
-                idx = self.order.chunk(step, k)[:, self.rows]
+                idx = self.order.chunk(step, k)[:, self.share]
                 idx = self.par.global_array(idx, self.par.chunk_sharded, batch_axis=1)
                 yield step, k, at_boundary, {"data": self._data, "idx": idx}
             else:
@@ -144,7 +144,7 @@ class Evaluator:
     def __init__(self, eval_fn, ds, par, data_cfg, resident: bool):
         self.eval_fn, self.split, self.par = eval_fn, ds.test, par
         self.batch_size = data_cfg.eval_batch_size
-        self.rows = par.local_rows(self.batch_size)
+        self.share = par.process_slice(self.batch_size)
         self.resident = resident
         if resident:
             self._data = {k: par.replicate(v) for k, v in ds.test.arrays.items()}
@@ -153,10 +153,10 @@ class Evaluator:
         par = self.par
         if self.resident:
             idx, mask = eval_indices(len(self.split), self.batch_size)
-            idx, mask = (par.global_array(a[:, self.rows], par.chunk_sharded, batch_axis=1) for a in (idx, mask))
+            idx, mask = (par.global_array(a[:, self.share], par.chunk_sharded, batch_axis=1) for a in (idx, mask))
             return self.eval_fn(state, {"data": self._data, "idx": idx, "mask": mask})
         totals = None
-        for batch in eval_batches(self.split, self.batch_size, self.rows):
+        for batch in eval_batches(self.split, self.batch_size, self.share):
             out = self.eval_fn(state, {"batch": {k: par.global_array(v, par.batch_sharded) for k, v in batch.items()}})
             if par.sync_each_call:
                 jax.block_until_ready(out)

@@ -45,20 +45,20 @@ class EpochOrder:
 class _StepBatch(grain.transforms.Map):
     """step -> this process's rows of that step's global batch (augmented by `augment`, see augment.py)."""
 
-    def __init__(self, split: Split, order: EpochOrder, rows: slice, augment=None):
-        self.split, self.order, self.rows, self.augment = split, order, rows, augment
+    def __init__(self, split: Split, order: EpochOrder, share: slice, augment=None):
+        self.split, self.order, self.share, self.augment = split, order, share, augment
 
     def map(self, step):
         indices = self.order.indices(int(step))
         if self.augment is not None:
-            return self.augment(self.split, indices, self.rows, int(step))
-        return self.split.take(indices[self.rows])
+            return self.augment(self.split, indices, self.share, int(step))
+        return self.split.take(indices[self.share])
 
 
-def host_batches(split: Split, order: EpochOrder, start: int, stop: int, rows: slice,
+def host_batches(split: Split, order: EpochOrder, start: int, stop: int, share: slice,
                  num_threads: int = 4, prefetch: int = 8, augment=None):
     """An iterator over this process's share of the batches of steps start..stop-1, read ahead on threads."""
-    ds = grain.MapDataset.range(start, stop).map(_StepBatch(split, order, rows, augment))
+    ds = grain.MapDataset.range(start, stop).map(_StepBatch(split, order, share, augment))
     opts = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
     return iter(ds.to_iter_dataset(opts))
 
@@ -71,10 +71,10 @@ def eval_indices(n: int, batch_size: int):
     return np.minimum(flat, n - 1).astype(np.int32).reshape(-1, batch_size), mask.reshape(-1, batch_size)
 
 
-def eval_batches(split: Split, batch_size: int, rows: slice):
+def eval_batches(split: Split, batch_size: int, share: slice):
     """The batches of eval_indices, read from the host split."""
     idx, mask = eval_indices(len(split), batch_size)
     for i, m in zip(idx, mask):
-        batch = split.take(i[rows])
-        batch["mask"] = m[rows]
+        batch = split.take(i[share])
+        batch["mask"] = m[share]
         yield batch

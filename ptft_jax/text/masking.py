@@ -151,9 +151,9 @@ class MLMMasking:
                 "attention_mask": batch["attention_mask"], "masked_positions": m["masked_positions"],
                 "masked_labels": m["masked_labels"], "masked_weights": m["masked_weights"]}
 
-    def __call__(self, split, indices: np.ndarray, rows: slice, step: int) -> dict:
+    def __call__(self, split, indices: np.ndarray, share: slice, step: int) -> dict:
         batch = self.mask(split.take(indices), np.random.default_rng([self.seed, 2, int(step)]))
-        return {k: v[rows] for k, v in batch.items()}
+        return {k: v[share] for k, v in batch.items()}
 
 
 def compact(arrays: dict, vocab_size: int) -> dict:
