@@ -1,0 +1,4 @@
+"""Published formats in and out: Hugging Face BERT folders and torchvision / timm ResNet state_dicts.
+
+  state_dict.py  .safetensors and torch.save files as NumPy arrays, without torch
+"""
