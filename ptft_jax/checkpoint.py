@@ -21,9 +21,14 @@ class InitFrom:
 
     @property
     def workdir(self) -> str:
-        """The pretraining run's workdir (its tokenizer/ lives there)."""
+        """The pretraining run's workdir."""
         parent, base = os.path.split(self.directory)
         return parent if base == "checkpoints" else self.directory
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """Where the tokenizer of a text run's weights lives (WORKDIR/tokenizer)."""
+        return os.path.join(self.workdir, "tokenizer")
 
     @classmethod
     def parse(cls, path, step: int | None = None) -> "InitFrom":

@@ -8,6 +8,9 @@ A recipe is a Python file whose `get_config(preset=None)` returns an `ml_collect
 (enumerations), `TRI_STATE` (auto | true | false, normalised to those lowercase strings) and `RANGES` (numeric
 bounds). `validate()` checks all of them, once, so the code that reads a validated config checks nothing again.
 `durations(config, steps_per_epoch)` turns epochs and the None defaults into steps, in one place.
+
+The override parser is our own on purpose: ml_collections' `config_flags` was tried and prints a traceback for a
+bad key or value, cannot override a field whose default is None, and cannot add the open `model.*` keys.
 """
 from __future__ import annotations
 

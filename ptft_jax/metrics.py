@@ -1,4 +1,7 @@
-"""Run outputs: WORKDIR/metrics.jsonl, and the console (a progress bar on a terminal, plain lines otherwise)."""
+"""Run outputs: WORKDIR/metrics.jsonl, and the console (a progress bar on a terminal, plain lines otherwise).
+
+TensorBoard event files are written with tensorboardX, on purpose: TensorBoard's own writer needs TensorFlow,
+which the core never imports, and flax's / clu's metric writers pull it in too."""
 from __future__ import annotations
 
 import json

@@ -103,7 +103,7 @@ class ImageClassification(Task):
 
     name: ClassVar[str] = "classify_image"
 
-    def load(self, data_cfg, workdir=None, init_workdir=None, log=print):
+    def load(self, data_cfg, workdir=None, init_tokenizer=None, log=print):
         self._check_source(data_cfg)
         return sources.load(data_cfg, log=log)
 
@@ -146,9 +146,9 @@ class TextClassification(Task):
     name: ClassVar[str] = "classify_text"
     text: ClassVar[bool] = True
 
-    def load(self, data_cfg, workdir=None, init_workdir=None, log=print):
+    def load(self, data_cfg, workdir=None, init_tokenizer=None, log=print):
         self._check_source(data_cfg)
-        return text_dataset.load_classification(data_cfg, workdir, init_workdir, log)
+        return text_dataset.load_classification(data_cfg, workdir, init_tokenizer, log)
 
     def inputs(self, batch):
         return {k: batch[k] for k in TEXT_KEYS}
@@ -179,9 +179,9 @@ class MaskedLM(Task):
     text: ClassVar[bool] = True
     host_only: ClassVar[bool] = True
 
-    def load(self, data_cfg, workdir=None, init_workdir=None, log=print):
+    def load(self, data_cfg, workdir=None, init_tokenizer=None, log=print):
         self._check_source(data_cfg)
-        return text_dataset.load_masked_lm(data_cfg, workdir, init_workdir, log)
+        return text_dataset.load_masked_lm(data_cfg, workdir, init_tokenizer, log)
 
     def inputs(self, batch):
         return {k: batch[k] for k in (*TEXT_KEYS, "masked_positions")}

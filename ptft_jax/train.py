@@ -62,7 +62,7 @@ def build_run(config, workdir: str, log=print) -> Run:
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
     init_from = InitFrom.parse(config.init_from, config.init_step) if config.init_from else None
     task = tasks.from_config(config)
-    ds = task.load(d, workdir, init_from.workdir if init_from else None, log)
+    ds = task.load(d, workdir, init_from.tokenizer_dir if init_from else None, log)
     task = task.bind(ds)
     vocab_size = ds.tokenizer_info["vocab_size"] if ds.tokenizer_info else None
     model = models.build(config.model, ds.num_classes, vocab_size=vocab_size)

@@ -44,9 +44,9 @@ TOKENIZED_DIR = "tokenized"
 EVAL_MASK_SEED = 12345
 
 
-def run_tokenizer(cfg, texts, workdir: str | None, init_workdir: str | None, log=print):
+def run_tokenizer(cfg, texts, workdir: str | None, init_tokenizer: str | None, log=print):
     """(tokenizer, its directory in the workdir or None, where it came from); see the module docstring.
-    `init_workdir`: the workdir of the run `init_from` names."""
+    `init_tokenizer`: the tokenizer folder of what `init_from` names (a run's WORKDIR/tokenizer)."""
     own = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
     if own and os.path.isfile(os.path.join(own, VOCAB_FILE)):
         source = own
@@ -60,11 +60,11 @@ def run_tokenizer(cfg, texts, workdir: str | None, init_workdir: str | None, log
         path = os.path.abspath(os.path.expanduser(str(cfg.vocab)))
         tok, source = WordPieceTokenizer.load(path, lowercase=bool(cfg.lowercase)), path
         log(f"tokenizer: {tok.vocab_size} tokens from data.vocab {path}")
-    elif init_workdir:
-        source = os.path.join(init_workdir, TOKENIZER_DIR)
+    elif init_tokenizer:
+        source = init_tokenizer
         if not os.path.isfile(os.path.join(source, VOCAB_FILE)):
-            raise DataError(f"init_from {init_workdir}: the run has no tokenizer ({source}/{VOCAB_FILE} is missing); "
-                            f"set data.vocab to the vocab.txt it was trained with.")
+            raise DataError(f"init_from {os.path.dirname(source)}: the run has no tokenizer ({source}/{VOCAB_FILE} "
+                            f"is missing); set data.vocab to the vocab.txt it was trained with.")
         tok = WordPieceTokenizer.load(source)
         log(f"tokenizer: {tok.vocab_size} tokens from the init_from run, {source}")
     else:
@@ -147,7 +147,7 @@ def _tokenize(tok, texts, log, what, chunk=20000):
     return out
 
 
-def load_classification(cfg, workdir: str | None = None, init_workdir: str | None = None, log=print) -> Dataset:
+def load_classification(cfg, workdir: str | None = None, init_tokenizer: str | None = None, log=print) -> Dataset:
     """A labelled text source tokenised for a classifier: [CLS] text [SEP] (text_b [SEP]) rows, padded."""
     def arrays(raw, tok):
         if raw.train_labels is None:
@@ -158,10 +158,10 @@ def load_classification(cfg, workdir: str | None = None, init_workdir: str | Non
         return (encode(raw.train_texts, raw.train_pairs, raw.train_labels),
                 encode(raw.test_texts, raw.test_pairs, raw.test_labels), raw.num_classes, raw.class_names)
 
-    return _tokenised(cfg, "classify_text", arrays, workdir, init_workdir, log)
+    return _tokenised(cfg, "classify_text", arrays, workdir, init_tokenizer, log)
 
 
-def load_masked_lm(cfg, workdir: str | None = None, init_workdir: str | None = None, log=print) -> Dataset:
+def load_masked_lm(cfg, workdir: str | None = None, init_tokenizer: str | None = None, log=print) -> Dataset:
     """Any text source as pretraining text: documents packed into sequences (labels ignored; a pair's two segments
     are two documents), the training split held compactly, the test split masked once with a fixed seed."""
     if cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None:
@@ -176,10 +176,10 @@ def load_masked_lm(cfg, workdir: str | None = None, init_workdir: str | None = N
                                              np.random.default_rng(EVAL_MASK_SEED))
         return compact(packed(raw.train_texts, raw.train_pairs, "train"), tok.vocab_size), test, tok.vocab_size, None
 
-    return _tokenised(cfg, "mlm", arrays, workdir, init_workdir, log)
+    return _tokenised(cfg, "mlm", arrays, workdir, init_tokenizer, log)
 
 
-def _tokenised(cfg, kind: str, make_arrays, workdir, init_workdir, log) -> Dataset:
+def _tokenised(cfg, kind: str, make_arrays, workdir, init_tokenizer, log) -> Dataset:
     """The Dataset of a text source: tokenised by `make_arrays(raw, tok) -> (train, test, num_classes,
     class_names)`, or read back from WORKDIR/tokenized/ when a resumed run cached it under the same key."""
     if cfg.augment or cfg.image_size:
@@ -187,7 +187,7 @@ def _tokenised(cfg, kind: str, make_arrays, workdir, init_workdir, log) -> Datas
     own = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
     cached = None
     if own and os.path.isfile(os.path.join(own, "vocab.txt")):  # a resumed run: its tokenised arrays may be cached
-        tok, tok_dir, tok_source = run_tokenizer(cfg, None, workdir, init_workdir, log)
+        tok, tok_dir, tok_source = run_tokenizer(cfg, None, workdir, init_tokenizer, log)
         key = _cache_key(cfg, kind, tok)
         cached = _cache_load(workdir, key)
     if cached is not None:
@@ -202,7 +202,7 @@ def _tokenised(cfg, kind: str, make_arrays, workdir, init_workdir, log) -> Datas
             raise DataError(f"data.source {cfg.source} gave {len(raw.train_texts)} training and "
                             f"{len(raw.test_texts)} test texts; both splits need at least one.")
         tok, tok_dir, tok_source = run_tokenizer(cfg, raw.train_texts + (raw.train_pairs or []), workdir,
-                                                 init_workdir, log)
+                                                 init_tokenizer, log)
         key = _cache_key(cfg, kind, tok)
         train_arrays, test_arrays, num_classes, class_names = make_arrays(raw, tok)
         name = raw.name
