@@ -30,8 +30,13 @@ class InitFrom:
         """Where the tokenizer of a text run's weights lives (WORKDIR/tokenizer)."""
         return os.path.join(self.workdir, "tokenizer")
 
+    model: dict = dataclasses.field(default_factory=dict)  # config.model fields the weights fix (none for a run)
+
     @classmethod
-    def parse(cls, path, step: int | None = None) -> "InitFrom":
+    def parse(cls, path, step: int | None = None) -> "InitFrom | Published":
+        """A run's workdir / checkpoints folder / step directory, or `hf:DIR` / `torch:FILE` (`Published`)."""
+        if str(path).startswith(PUBLISHED_PREFIXES):
+            return Published.parse(str(path))
         path = os.path.abspath(os.path.expanduser(str(path))).rstrip("/")
         if not os.path.exists(path):
             raise CheckpointError(f"init_from {path} does not exist; point it at a pretraining run's workdir.")
@@ -65,6 +70,56 @@ class InitFrom:
         finally:
             ck.close()
         return os.path.join(self.directory, str(step)), step, jax.device_get(raw)
+
+
+PUBLISHED_PREFIXES = ("hf:", "torch:")
+
+
+class Published:
+    """Published weights as an init_from source: `hf:DIR` (a transformers BERT folder) or `torch:FILE` (a
+    torchvision / timm ResNet state_dict). The file is read once, on first use, by interop/ (without torch)."""
+
+    def __init__(self, spec: str, kind: str, path: str):
+        self.spec, self.kind, self.path, self.step = spec, kind, path, None
+        self._imported = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Published":
+        kind, _, path = spec.partition(":")
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(path):
+            what = "a transformers save_pretrained folder" if kind == "hf" else "a state_dict file"
+            raise CheckpointError(f"init_from {spec}: {path} does not exist; point it at {what}.")
+        return cls(spec, kind, path)
+
+    @property
+    def imported(self):
+        if self._imported is None:
+            from ptft_jax.interop import hf_bert, torch_resnet  # the readers of the published formats
+            self._imported = (hf_bert if self.kind == "hf" else torch_resnet).read(self.path)
+        return self._imported
+
+    @property
+    def model(self) -> dict:
+        return dict(self.imported.model)
+
+    @property
+    def sha256(self) -> str:
+        return self.imported.sha256
+
+    @property
+    def tokenizer_dir(self) -> str | None:
+        if self.kind != "hf":
+            return None
+        if self.imported.tokenizer_dir is None:
+            raise CheckpointError(f"init_from {self.spec} has no tokenizer files (vocab.txt or tokenizer.json); "
+                                  f"download the model's tokenizer into {self.path} as well.")
+        return self.imported.tokenizer_dir
+
+    def restore(self):
+        """(the weights file, None, the variables in ptft_jax's layout): what graft() takes."""
+        imp = self.imported
+        return imp.source, None, imp.variables
 
 
 def load_checkpoint(path: str, step: int | None = None):

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from ptft_jax.checkpoint import InitFrom, load_checkpoint  # noqa: F401 (load_checkpoint: part of this API)
+from ptft_jax.checkpoint import InitFrom, Published, load_checkpoint  # noqa: F401 (load_checkpoint: part of this API)
 from ptft_jax.config import DEFAULT_RULES, normalize_rules  # noqa: F401 (DEFAULT_RULES: part of this API)
 from ptft_jax.errors import CheckpointError
 
@@ -44,6 +44,7 @@ class GraftReport:
     rules: list
     rows: list  # [{"path", "action", "shape", "checkpoint_shape"}]
     skipped: list  # checkpoint paths not used, each named by a rule
+    file_sha256: str | None = None  # published weights (hf:, torch:): the sha256 of the file read
 
     def counts(self) -> dict:
         out = {a: 0 for a in ("load", "init", "zero", "skip")}  # what was done (load_or_init: load or init)
@@ -116,14 +117,17 @@ def content_hash(flat_by_collection: Mapping[str, Mapping[str, Any]]) -> str:
 def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = None):
     """Returns (variables, GraftReport): `fresh_variables` with leaves taken from `checkpoint` by `rules`.
 
-    `checkpoint` is a run's workdir, a checkpoint step directory, an `InitFrom`, or a variables-like tree
+    `checkpoint` is a run's workdir, a checkpoint step directory, `hf:DIR` / `torch:FILE` (published weights), an
+    `InitFrom` / `Published`, or a variables-like tree
     ({"params": ..., "batch_stats": ...}, or a raw saved state with "params" and "model_state").
     """
     rules = normalize_rules(rules)
     source = None
+    file_sha256 = None
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = InitFrom.parse(checkpoint, step)
-    if isinstance(checkpoint, InitFrom):
+    if isinstance(checkpoint, (InitFrom, Published)):
+        file_sha256 = getattr(checkpoint, "sha256", None)
         source, step, checkpoint = checkpoint.restore()
     ckpt = dict(checkpoint)
     if "model_state" in ckpt:  # a saved TrainState
@@ -183,5 +187,5 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
         raise GraftError(f"Cannot graft {source or 'the checkpoint'} into this model ({'; '.join(problems)}); "
                          f"fix config.graft (rules are (regex, load|init|zero), first match wins) or init_from.")
     variables = {c: unflatten(leaves) for c, leaves in out.items()}
-    report = GraftReport(source, step, content_hash(ck), [list(r) for r in rules], rows, skipped)
+    report = GraftReport(source, step, content_hash(ck), [list(r) for r in rules], rows, skipped, file_sha256)
     return variables, report

@@ -61,6 +61,8 @@ def build_run(config, workdir: str, log=print) -> Run:
     par.check_batch(d.batch_size)
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
     init_from = InitFrom.parse(config.init_from, config.init_step) if config.init_from else None
+    if init_from is not None and init_from.model:
+        config = _published_model(config, init_from, log)
     task = tasks.from_config(config)
     ds = task.load(d, workdir, init_from.tokenizer_dir if init_from else None, log)
     task = task.bind(ds)
@@ -73,6 +75,26 @@ def build_run(config, workdir: str, log=print) -> Run:
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
     return Run(config, workdir, par, task, ds, model, tx, order, steps, ckpt,
                MetricsFile(os.path.join(workdir, "metrics.jsonl")), init_from)
+
+
+# Published weights fix the architecture; these they only suggest (a fine-tuning run may choose its own).
+_OWN_CHOICE = ("dropout_rate", "attention_dropout_rate")
+
+
+def _published_model(config, init_from, log):
+    """config.model with the fields published weights fix (sizes, depth) taken from them, so that config.json
+    describes the model in full; where the config said otherwise, a line says which value won."""
+    model = dict(config.model)
+    for key, value in init_from.model.items():
+        given = model.get(key)
+        if key in _OWN_CHOICE and given is not None:
+            continue
+        if given is not None and given != value:
+            log(f"model.{key}: {value!r} from {init_from.spec} (the config said {given!r})")
+        model[key] = value
+    config = config.copy_and_resolve_references()
+    config.model = model
+    return config
 
 
 def _make_workdir(workdir: str) -> str:
