@@ -14,21 +14,15 @@ import numpy as np
 import pytest
 
 import ptft_jax
-from ptft_jax.graft import load_checkpoint
 
-from conftest import CONFIGS, ROOT, launch
+from conftest import DIGITS, ROOT, checkpoint_of, launch, launch_env, params_of, quiet, saved_steps
 
-DIGITS = os.path.join(CONFIGS, "digits_mlp_pretrain.py")
 LONG = ["--config.train.steps=400", "--config.train.log_every=10", "--config.train.checkpoint_every=50",
         "--config.train.eval_every=1000"]
 
 
 def overrides(args):
     return [a[len("--config."):] for a in args]
-
-
-def params_of(workdir):
-    return load_checkpoint(str(workdir))[2]["params"]
 
 
 def assert_same(a, b):
@@ -42,15 +36,13 @@ def assert_same(a, b):
 def reference(tmp_path_factory):
     """The uninterrupted run that every interrupted one must reproduce bit for bit."""
     workdir = tmp_path_factory.mktemp("ref") / "run"
-    ptft_jax.train(ptft_jax.load_config(DIGITS, overrides(LONG)), str(workdir), log=lambda *_: None)
+    ptft_jax.train(ptft_jax.load_config(DIGITS, overrides(LONG)), str(workdir), log=quiet)
     return params_of(workdir)
 
 
 def start(workdir, *extra):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={DIGITS}",
-                             f"--workdir={workdir}", *LONG, *extra], cwd=ROOT, env=env,
+                             f"--workdir={workdir}", *LONG, *extra], cwd=ROOT, env=launch_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -69,15 +61,20 @@ def wait_for_step(workdir, step, proc, timeout=120):
     raise AssertionError(f"no step {step} within {timeout}s")
 
 
-def test_sigterm_saves_and_the_rerun_resumes_bit_identical(tmp_path, reference):
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_and_the_rerun_resumes_bit_identical(tmp_path, reference, sig):
+    """SIGTERM (a preemption) exits 143, SIGINT (Ctrl-C) 130: both after a checkpoint of the step reached."""
     workdir = tmp_path / "run"
     proc = start(workdir)
     assert wait_for_step(workdir, 70, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("stopped: Stopped by SIGTERM at step ") and "rerun the same command to resume" in line
+    assert line.startswith(f"stopped: Stopped by {sig.name} at step ") and "rerun the same command to resume" in line
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     stopped_at = int(line.split("at step ")[1].split(";")[0])
     assert 70 <= stopped_at <= 400
     assert str(stopped_at) in os.listdir(workdir / "checkpoints")
@@ -87,6 +84,7 @@ def test_sigterm_saves_and_the_rerun_resumes_bit_identical(tmp_path, reference):
     assert_same(params_of(workdir), reference)
 
 
+@pytest.mark.slow
 def test_kill_9_at_several_points_then_resume_bit_identical(tmp_path, reference):
     workdir = tmp_path / "run"
     kills = 0
@@ -111,7 +109,7 @@ def test_kill_9_at_several_points_then_resume_bit_identical(tmp_path, reference)
 def test_damaged_latest_checkpoint_is_reported_set_aside_and_skipped(tmp_path, reference, log):
     workdir = tmp_path / "run"
     part = ptft_jax.load_config(DIGITS, overrides(LONG) + ["train.steps=150"])
-    ptft_jax.train(part, str(workdir), log=lambda *_: None)
+    ptft_jax.train(part, str(workdir), log=quiet)
     latest = workdir / "checkpoints" / "150"
     for root, _, files in os.walk(latest / "state"):  # damage every data file of the newest checkpoint
         for name in files:
@@ -132,7 +130,7 @@ def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
     bad = ptft_jax.apply_overrides(ok, {"train.steps": 60, "optim.lr": 1e30})
     with pytest.raises(ptft_jax.Diverged, match=r"non-finite at step (2[1-9]|3\d)\b.*last checkpoint is intact"):
         ptft_jax.train(bad, str(workdir), allow_config_change=True)
-    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [10, 20]
+    assert saved_steps(workdir) == [10, 20]
     assert_same(params_of(workdir), good)
     skip = ptft_jax.apply_overrides(bad, {"train.on_nonfinite": "skip"})
     ptft_jax.train(skip, str(tmp_path / "skip"))
@@ -157,7 +155,7 @@ def test_disk_full_during_save_is_clear_and_keeps_earlier_checkpoints(tmp_path, 
     with pytest.raises(ptft_jax.CheckpointError, match="step 40 .* failed \\(No space left on device\\); the earlier"):
         ptft_jax.train(config, str(workdir))
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-    assert load_checkpoint(str(workdir))[1] == 20
+    assert checkpoint_of(workdir)[1] == 20
     result = ptft_jax.train(config, str(workdir))
     assert result["step"] == 40
 
@@ -217,6 +215,7 @@ MLM_ARGS = [f"--config={os.path.join(ROOT, 'configs', 'pydocs_bert_pretrain.py')
             "--config.data.vocab_size=500", "--config.optim.warmup_steps=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [MLP_ARGS, MLM_ARGS], ids=["mlp", "bert_mlm"])
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, args):
     single = launch(*args, f"--workdir={tmp_path / 'single'}", devices=4)

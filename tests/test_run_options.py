@@ -1,0 +1,142 @@
+"""Run options and modes that had no test of their own: data.in_memory, train.steps_per_call, train.keep,
+init_step, --mode=evaluate, and predict from an image folder. Tiny runs: a (16,) MLP on digits, a few dozen steps."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import ptft_jax
+
+from conftest import (CONFIGS, DIGITS, FINETUNE, assert_trees_equal, digits_images, launch, params_of, quiet,
+                      saved_steps)
+
+
+def tiny(**over):
+    """The digits recipe with a (16,) MLP, batch 32 and 28 steps."""
+    base = {"model.hidden": (16,), "data.batch_size": 32, "train.steps": 28, "train.log_every": 14}
+    return ptft_jax.load_config(DIGITS, {**base, **over})
+
+
+def input_line(log):
+    lines = [line for line in log if line.startswith("input: ")]
+    assert len(lines) == 1, log
+    return lines[0]
+
+
+def test_in_memory_false_keeps_tfds_records_and_trains_like_in_memory_true(tmp_path, log):
+    over = {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10, "train.log_every": 3,
+            "model.hidden": (16,), "data.data_dir": str(tmp_path / "tfds")}
+    mnist = os.path.join(CONFIGS, "mnist_mlp_pretrain.py")
+    records, arrays = log.__class__(), log.__class__()
+    with tfds.testing.mock_data(num_examples=40):
+        a = ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "false"}), str(tmp_path / "rec"),
+                           log=records)
+        b = ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "true"}), str(tmp_path / "arr"),
+                           log=arrays)
+    # Records go through the host pipeline; the arrays of the same split fit on the device.
+    assert input_line(records).startswith("input: host pipeline"), records
+    assert input_line(arrays).startswith("input: device-resident split"), arrays
+    assert not any("into memory" in line for line in records), records  # no split was read into arrays
+    assert any("mnist/train: reading 40 examples into memory" in line for line in arrays), arrays
+    assert a["step"] == b["step"] == 6
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == b["accuracy"]
+    assert_trees_equal(params_of(tmp_path / "rec"), params_of(tmp_path / "arr"), exact=False)
+    with pytest.raises(ptft_jax.ConfigError, match="data.device_resident=true needs the training split in memory"):
+        with tfds.testing.mock_data(num_examples=40):
+            ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "false",
+                                                        "data.device_resident": "true"}), str(tmp_path / "bad"))
+
+
+def test_steps_per_call_gives_the_same_params_and_is_logged(tmp_path):
+    logs = {}
+    for k in (1, 7):
+        logs[k] = []
+        ptft_jax.train(tiny(**{"train.steps_per_call": k}), str(tmp_path / f"k{k}"), log=logs[k].append)
+        assert input_line(logs[k]).endswith(f"| {k} step(s) per call"), logs[k]
+    a, b = params_of(tmp_path / "k1"), params_of(tmp_path / "k7")
+    for x, y in zip(*(sorted(_flat(p).items()) for p in (a, b))):
+        assert x[0] == y[0]
+        np.testing.assert_allclose(x[1], y[1], rtol=1e-6, atol=1e-7, err_msg=x[0])
+    # The same metrics at the same steps, whatever the calls.
+    rows = lambda d: [(r["step"], r["split"]) for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))]  # noqa
+    assert rows("k1") == rows("k7") and (28, "test") in rows("k1")
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+def test_keep_leaves_only_the_newest_checkpoints(tmp_path):
+    workdir = tmp_path / "run"
+    ptft_jax.train(tiny(**{"train.steps": 20, "train.checkpoint_every": 5, "train.log_every": 5, "train.keep": 2}),
+                   str(workdir), log=quiet)
+    assert saved_steps(workdir) == [15, 20]
+    entries = sorted(os.listdir(workdir / "checkpoints"))
+    assert entries == ["15", "20"], entries  # nothing else left behind (no temporary or older step folders)
+    # A resumed run with a longer duration goes on pruning.
+    ptft_jax.train(tiny(**{"train.steps": 30, "train.checkpoint_every": 5, "train.log_every": 5, "train.keep": 2}),
+                   str(workdir), log=quiet)
+    assert saved_steps(workdir) == [25, 30]
+
+
+def test_init_step_picks_the_checkpoint_and_graft_json_records_it(digits_pretrained, tmp_path):
+    pt = digits_pretrained.workdir
+    assert saved_steps(pt) == [30, 60]
+    over = {"init_from": pt, "init_step": 30, "train.steps": 4, "train.log_every": 2,
+            "finetune.lr_mults": [("dense_.*", 0.0)]}  # the loaded layers stay as loaded
+    ptft_jax.train(ptft_jax.load_config(FINETUNE, over), str(tmp_path / "ft"), log=quiet)
+    report = json.load(open(tmp_path / "ft" / "graft.json"))
+    assert report["step"] == 30 and report["source"].endswith(os.path.join("checkpoints", "30")), report
+    at30, at60, ft = params_of(pt, 30), params_of(pt, 60), params_of(tmp_path / "ft")
+    for layer in ("dense_0", "dense_1"):
+        np.testing.assert_array_equal(ft[layer]["kernel"], at30[layer]["kernel"])
+        assert not np.array_equal(ft[layer]["kernel"], at60[layer]["kernel"])
+    with pytest.raises(ptft_jax.CheckpointError, match=r"no checkpoint at step 45; it has steps \[30, 60\]"):
+        ptft_jax.train(ptft_jax.load_config(FINETUNE, {**over, "init_step": 45}), str(tmp_path / "missing"),
+                       log=quiet)
+    assert not os.path.exists(tmp_path / "missing" / "graft.json")
+
+
+def test_evaluate_mode_on_the_command_line(digits_pretrained, tmp_path):
+    pt = digits_pretrained.workdir
+    out = launch(f"--config={DIGITS}", f"--workdir={pt}", "--mode=evaluate", "--config.train.steps=60",
+                 "--config.train.checkpoint_every=30", "--config.train.log_every=30")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("evaluate: ")]
+    assert len(lines) == 1, out.stdout + out.stderr
+    assert lines[0].startswith("evaluate: step 60 | test loss ")
+    assert f"test accuracy {digits_pretrained.result['accuracy']:.4f}" in lines[0], (lines, digits_pretrained.result)
+    assert saved_steps(pt) == [30, 60]
+    empty = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'empty'}", "--mode=evaluate")
+    assert empty.returncode == 2, empty.stderr[-2000:]
+    errors = [line for line in empty.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "No checkpoint in" in errors[0] and "train first" in errors[0], empty.stderr
+    assert "Traceback" not in empty.stderr
+
+
+def test_predict_from_an_image_folder_equals_predict_from_the_array(digits_pretrained, tmp_path):
+    from PIL import Image
+    pt = digits_pretrained.workdir
+    x, _ = digits_images(5, start=1000)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(x):
+        Image.fromarray(image[..., 0], mode="L").save(folder / f"{i:02d}.png")
+    from_array = ptft_jax.predict(pt, x)
+    from_folder = ptft_jax.predict(pt, str(folder))
+    assert from_array.shape == (5, 10) and np.allclose(from_array.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(from_folder, from_array, rtol=1e-6, atol=1e-7)
+    out = launch("--mode=predict", f"--workdir={pt}", f"--input={folder}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["class"] for r in rows] == from_array.argmax(-1).tolist()
+    np.testing.assert_allclose([r["probabilities"] for r in rows], from_array, atol=1e-5)
