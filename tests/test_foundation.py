@@ -234,13 +234,31 @@ def test_overrides_are_typed():
         ptft_jax.load_config("configs/nope.py")
 
 
-def test_mnist_recipe_on_tfds_mock_data(tmp_path):
-    config = ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"),
-                                  {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10,
-                                   "train.log_every": 3, "data.data_dir": str(tmp_path / "tfds")})
+def test_mnist_recipe_on_tfds_mock_data_in_memory_or_not(tmp_path):
+    """The TFDS recipe on mock data: by default (in_memory=auto) its small splits are read into arrays and the
+    training split goes on the device; with in_memory=false they stay records, read through the host pipeline,
+    and the run trains to the same params."""
+    over = {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10, "train.log_every": 3,
+            "data.data_dir": str(tmp_path / "tfds")}
+    logs = {"auto": [], "false": []}
     with tfds.testing.mock_data(num_examples=40):
-        result = ptft_jax.train(config, str(tmp_path / "run"))
-    assert result["step"] == 6 and np.isfinite(result["loss"])
+        result = ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), over), str(tmp_path / "auto"),
+                                log=logs["auto"].append)
+        records = ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"),
+                                                      {**over, "data.in_memory": "false"}),
+                                 str(tmp_path / "false"), log=logs["false"].append)
+    assert result["step"] == records["step"] == 6 and np.isfinite(result["loss"])
+    input_lines = {k: [x for x in v if x.startswith("input: ")] for k, v in logs.items()}
+    assert input_lines["auto"][0].startswith("input: device-resident split"), logs["auto"]
+    assert any("mnist/train: reading 40 examples into memory" in x for x in logs["auto"]), logs["auto"]
+    assert input_lines["false"][0].startswith("input: host pipeline"), logs["false"]
+    assert not any("into memory" in x for x in logs["false"]), logs["false"]  # no split read into arrays
+    assert records["loss"] == pytest.approx(result["loss"], rel=1e-5) and records["accuracy"] == result["accuracy"]
+    assert_trees_equal(params_of(tmp_path / "auto"), params_of(tmp_path / "false"), exact=False)
+    with pytest.raises(ptft_jax.ConfigError, match="data.device_resident=true needs the training split in memory"):
+        with tfds.testing.mock_data(num_examples=40):
+            ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), {
+                **over, "data.in_memory": "false", "data.device_resident": "true"}), str(tmp_path / "bad"), log=quiet)
 
 
 def test_missing_tfds_dataset_names_the_prepare_command(tmp_path):

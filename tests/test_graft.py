@@ -18,8 +18,9 @@ def variables(hidden=(16, 8), classes=10, seed=0, inputs=64):
     rng = np.random.default_rng(seed)
     params, width = {}, inputs
     for i, (name, out) in enumerate([(f"dense_{i}", h) for i, h in enumerate(hidden)] + [("head", classes)]):
-        params[name] = {"kernel": rng.standard_normal((width, out)).astype(np.float32) / np.sqrt(width),
-                        "bias": rng.standard_normal(out).astype(np.float32) * 0.1}
+        kernel = rng.standard_normal((width, out)) / np.sqrt(width)
+        params[name] = {"bias": (rng.standard_normal(out) * 0.1).astype(np.float32),  # flax's key order
+                        "kernel": kernel.astype(np.float32)}
         width = out
     return {"params": params}
 
@@ -37,7 +38,7 @@ def test_numpy_variables_have_the_shapes_of_the_model():
     model = models.build(dict(name="mlp", hidden=(16, 8)), num_classes=3)
     real = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64)))  # shapes only: nothing compiles
     ours = variables(hidden=(16, 8), classes=3)
-    assert {p: v.shape for p, v in flatten(real).items()} == {p: v.shape for p, v in flatten(ours).items()}
+    assert [(p, v.shape) for p, v in flatten(real).items()] == [(p, v.shape) for p, v in flatten(ours).items()]
     assert all(v.dtype == np.float32 for v in flatten(ours).values())
     np.testing.assert_array_equal(flatten(variables(seed=3))["params/head/bias"],
                                   flatten(variables(seed=3))["params/head/bias"])
@@ -122,6 +123,7 @@ def test_finetune_run_writes_graft_json_and_predicts(pretrained, tmp_path):
     assert len(rows) == 20 and np.allclose([r["probabilities"] for r in rows], probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_8_devices_grafts_on_1(tmp_path):
     out = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'pt8'}", "--config.train.steps=16",
                  "--config.data.batch_size=16", devices=8)

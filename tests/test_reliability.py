@@ -2,7 +2,6 @@
 import errno
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,8 +14,9 @@ import pytest
 
 import ptft_jax
 
-from conftest import DIGITS, ROOT, checkpoint_of, launch, launch_env, params_of, quiet, saved_steps
+from conftest import DIGITS, ROOT, checkpoint_of, copy_run, launch, launch_env, params_of, quiet, saved_steps
 
+SMALL = {"model.hidden": (16, 8), "data.batch_size": 32}  # a digits MLP with as many leaves, quicker to run
 LONG = ["--config.train.steps=400", "--config.train.log_every=10", "--config.train.checkpoint_every=50",
         "--config.train.eval_every=1000"]
 
@@ -106,34 +106,33 @@ def test_kill_9_at_several_points_then_resume_bit_identical(tmp_path, reference)
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 400
 
 
-def test_damaged_latest_checkpoint_is_reported_set_aside_and_skipped(tmp_path, reference, log):
-    workdir = tmp_path / "run"
-    part = ptft_jax.load_config(DIGITS, overrides(LONG) + ["train.steps=150"])
-    ptft_jax.train(part, str(workdir), log=quiet)
-    latest = workdir / "checkpoints" / "150"
+def test_damaged_latest_checkpoint_is_reported_set_aside_and_skipped(digits_pretrained, tmp_path, log):
+    workdir = copy_run(digits_pretrained.workdir, tmp_path / "run")  # checkpoints at 30 and 60
+    uninterrupted = params_of(workdir)
+    latest = tmp_path / "run" / "checkpoints" / "60"
     for root, _, files in os.walk(latest / "state"):  # damage every data file of the newest checkpoint
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
-    ptft_jax.train(ptft_jax.load_config(DIGITS, overrides(LONG)), str(workdir), log=log)
+    ptft_jax.train(digits_pretrained.config, workdir, log=log)
     text = log.text()
-    assert "warning: checkpoint step 150 is damaged" in text and "resuming from" in text
-    assert any(n.startswith("150.damaged-") for n in os.listdir(workdir / "checkpoints"))
-    assert_same(params_of(workdir), reference)
+    assert "warning: checkpoint step 60 is damaged" in text and "resuming from" in text and text.count("/30") >= 1
+    assert any(n.startswith("60.damaged-") for n in os.listdir(tmp_path / "run" / "checkpoints"))
+    assert_same(params_of(workdir), uninterrupted)  # steps 30..60 again, bit for bit
 
 
 def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
     workdir = tmp_path / "run"
-    ok = ptft_jax.load_config(DIGITS, {"train.steps": 20, "train.checkpoint_every": 10})
-    ptft_jax.train(ok, str(workdir))
+    ok = ptft_jax.load_config(DIGITS, {**SMALL, "train.steps": 20, "train.checkpoint_every": 10})
+    ptft_jax.train(ok, str(workdir), log=quiet)
     good = params_of(workdir)
     bad = ptft_jax.apply_overrides(ok, {"train.steps": 60, "optim.lr": 1e30})
     with pytest.raises(ptft_jax.Diverged, match=r"non-finite at step (2[1-9]|3\d)\b.*last checkpoint is intact"):
-        ptft_jax.train(bad, str(workdir), allow_config_change=True)
+        ptft_jax.train(bad, str(workdir), allow_config_change=True, log=quiet)
     assert saved_steps(workdir) == [10, 20]
     assert_same(params_of(workdir), good)
     skip = ptft_jax.apply_overrides(bad, {"train.on_nonfinite": "skip"})
-    ptft_jax.train(skip, str(tmp_path / "skip"))
+    ptft_jax.train(skip, str(tmp_path / "skip"), log=quiet)
     rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl")]
     assert max(r.get("skipped_steps", 0) for r in rows) > 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params_of(tmp_path / "skip")))
@@ -142,7 +141,7 @@ def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
 def test_disk_full_during_save_is_clear_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
     workdir = tmp_path / "run"
-    config = ptft_jax.load_config(DIGITS, {"train.steps": 40, "train.checkpoint_every": 20})
+    config = ptft_jax.load_config(DIGITS, {**SMALL, "train.steps": 40, "train.checkpoint_every": 20})
     real_save, calls = ocp.CheckpointManager.save, []
 
     def save(self, step, *a, **k):
@@ -153,26 +152,67 @@ def test_disk_full_during_save_is_clear_and_keeps_earlier_checkpoints(tmp_path, 
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
     with pytest.raises(ptft_jax.CheckpointError, match="step 40 .* failed \\(No space left on device\\); the earlier"):
-        ptft_jax.train(config, str(workdir))
+        ptft_jax.train(config, str(workdir), log=quiet)
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
     assert checkpoint_of(workdir)[1] == 20
-    result = ptft_jax.train(config, str(workdir))
+    result = ptft_jax.train(config, str(workdir), log=quiet)
     assert result["step"] == 40
 
 
-def test_a_workdir_of_another_config_is_refused_unless_told(tmp_path):
-    workdir = tmp_path / "run"
-    ptft_jax.train(ptft_jax.load_config(DIGITS, {"train.steps": 10}), str(workdir))
-    before = sorted(os.listdir(workdir / "checkpoints"))
-    out = launch(f"--config={DIGITS}", f"--workdir={workdir}", "--config.train.steps=20", "--config.optim.lr=0.5")
+def test_a_workdir_of_another_config_is_refused_unless_allowed(digits_pretrained, tmp_path, log):
+    workdir = copy_run(digits_pretrained.workdir, tmp_path / "run")
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    other = ptft_jax.apply_overrides(digits_pretrained.config, {"train.steps": 70, "optim.lr": 0.5})
+    with pytest.raises(ptft_jax.CheckpointError, match=r"holds a run with a different config \(optim.lr differ\)"):
+        ptft_jax.train(other, workdir, log=quiet)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+    # a longer duration is a resume, not another run; allow_config_change resumes the other config too
+    result = ptft_jax.train(other, workdir, log=log, allow_config_change=True)
+    assert result["step"] == 70 and any(line.endswith("checkpoints/60") for line in log if "resuming" in line)
+
+
+@pytest.mark.slow
+def test_a_workdir_of_another_config_is_refused_unless_told(digits_pretrained, tmp_path):
+    workdir = copy_run(digits_pretrained.workdir, tmp_path / "run")
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    out = launch(f"--config={DIGITS}", f"--workdir={workdir}", "--config.train.steps=70", "--config.optim.lr=0.5",
+                 "--config.train.checkpoint_every=30", "--config.train.log_every=30")
     assert out.returncode == 2
     assert "holds a run with a different config (optim.lr differ)" in out.stderr.strip().splitlines()[-1]
-    assert sorted(os.listdir(workdir / "checkpoints")) == before
-    ok = launch(f"--config={DIGITS}", f"--workdir={workdir}", "--config.train.steps=20", "--config.optim.lr=0.5",
-                "--allow_config_change")
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+    ok = launch(f"--config={DIGITS}", f"--workdir={workdir}", "--config.train.steps=70", "--config.optim.lr=0.5",
+                "--config.train.checkpoint_every=30", "--config.train.log_every=30", "--allow_config_change")
     assert ok.returncode == 0, ok.stderr[-1500:]
 
 
+def test_bad_inputs_raise_one_user_error_in_process(tmp_path):
+    """The bad inputs of the command-line test below, through the Python API: each a UserError (which launch.py
+    prints as one 'error:' line with exit status 2), raised before any checkpoint is written."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module\n")
+    (tmp_path / "afile").write_text("x")
+    load = lambda *over: ptft_jax.load_config(DIGITS, list(over))  # noqa: E731
+    cases = [
+        (lambda: ptft_jax.load_config(str(broken)), "failed to import (ModuleNotFoundError"),
+        (lambda: ptft_jax.train(load(), str(tmp_path / "afile" / "sub")), "Cannot create the workdir"),
+        (lambda: load("optim.lr=abc"), "expects a float"),
+        (lambda: ptft_jax.train(load("train.on_nonfinite=ignore"), str(tmp_path / "c")),
+         "train.on_nonfinite is 'ignore'; use one of: stop, skip."),
+        (lambda: ptft_jax.train(load("model.name=resnet9000"), str(tmp_path / "d")), "Unknown model"),
+        (lambda: ptft_jax.train(load("data.source=npz:/nonexistent.npz"), str(tmp_path / "e")), "/nonexistent.npz"),
+        (lambda: ptft_jax.train(load(f"init_from={tmp_path / 'afile'}"), str(tmp_path / "f")),
+         "neither a run's workdir nor a checkpoint step directory"),
+    ]
+    for i, (fn, expected) in enumerate(cases):
+        with pytest.raises(ptft_jax.UserError) as e:
+            fn()
+        assert expected in str(e.value), (i, str(e.value))
+    for d in "cdef":
+        folder = tmp_path / d / "checkpoints"
+        assert not folder.exists() or not os.listdir(folder), d
+
+
+@pytest.mark.slow
 def test_bad_inputs_each_get_one_sentence_and_exit_2(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("import no_such_module\n")

@@ -1,16 +1,15 @@
-"""Run options and modes that had no test of their own: data.in_memory, train.steps_per_call, train.keep,
-init_step, --mode=evaluate, and predict from an image folder. Tiny runs: a (16,) MLP on digits, a few dozen steps."""
+"""Run options and modes that had no test of their own: train.steps_per_call, train.keep, init_step,
+--mode=evaluate, and predict from an image folder (data.in_memory is in test_foundation.py, beside the TFDS mock
+data). Tiny runs: a (16,) MLP on digits, a few dozen steps."""
 import json
 import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 import ptft_jax
 
-from conftest import (CONFIGS, DIGITS, FINETUNE, assert_trees_equal, digits_images, launch, params_of, quiet,
-                      saved_steps)
+from conftest import DIGITS, FINETUNE, digits_images, launch, params_of, quiet, saved_steps
 
 
 def tiny(**over):
@@ -23,30 +22,6 @@ def input_line(log):
     lines = [line for line in log if line.startswith("input: ")]
     assert len(lines) == 1, log
     return lines[0]
-
-
-def test_in_memory_false_keeps_tfds_records_and_trains_like_in_memory_true(tmp_path, log):
-    over = {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10, "train.log_every": 3,
-            "model.hidden": (16,), "data.data_dir": str(tmp_path / "tfds")}
-    mnist = os.path.join(CONFIGS, "mnist_mlp_pretrain.py")
-    records, arrays = log.__class__(), log.__class__()
-    with tfds.testing.mock_data(num_examples=40):
-        a = ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "false"}), str(tmp_path / "rec"),
-                           log=records)
-        b = ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "true"}), str(tmp_path / "arr"),
-                           log=arrays)
-    # Records go through the host pipeline; the arrays of the same split fit on the device.
-    assert input_line(records).startswith("input: host pipeline"), records
-    assert input_line(arrays).startswith("input: device-resident split"), arrays
-    assert not any("into memory" in line for line in records), records  # no split was read into arrays
-    assert any("mnist/train: reading 40 examples into memory" in line for line in arrays), arrays
-    assert a["step"] == b["step"] == 6
-    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == b["accuracy"]
-    assert_trees_equal(params_of(tmp_path / "rec"), params_of(tmp_path / "arr"), exact=False)
-    with pytest.raises(ptft_jax.ConfigError, match="data.device_resident=true needs the training split in memory"):
-        with tfds.testing.mock_data(num_examples=40):
-            ptft_jax.train(ptft_jax.load_config(mnist, {**over, "data.in_memory": "false",
-                                                        "data.device_resident": "true"}), str(tmp_path / "bad"))
 
 
 def test_steps_per_call_gives_the_same_params_and_is_logged(tmp_path):
