@@ -108,13 +108,17 @@ def copy_run(src, dst):
 
 
 # --- shared runs -------------------------------------------------------------------------------------------------
+# A tiny run costs little beyond its XLA compiles, and each distinct number of steps per jitted call is one more
+# compile: keep its log / eval / checkpoint boundaries (the eval and checkpoint default to every epoch) at multiples
+# of one call size, e.g. 60 steps logged every 30 within a 180-step epoch.
 
 @pytest.fixture(scope="session")
 def digits_pretrained(tmp_path_factory):
     """A short pretraining run of the digits MLP recipe (64-256-128-10), 60 steps, checkpoints at steps 30 and
-    60. Shared by every file: read it, or copy it (copy_run) before writing to it."""
+    60, its start summary in .log. Shared by every file: read it, or copy it (copy_run) before writing to it."""
     import ptft_jax
     workdir = str(tmp_path_factory.mktemp("digits_pt") / "run")
     config = ptft_jax.load_config(DIGITS, {"train.steps": 60, "train.checkpoint_every": 30, "train.log_every": 30})
-    result = ptft_jax.train(config, workdir, log=quiet)
-    return types.SimpleNamespace(workdir=workdir, config=config, result=result)
+    log = Log()
+    result = ptft_jax.train(config, workdir, log=log)
+    return types.SimpleNamespace(workdir=workdir, config=config, result=result, log=log)

@@ -28,21 +28,15 @@ def small_digits(**over):
     return ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), base)
 
 
-def tiny_digits(**over):
-    """The digits recipe with a (16,) MLP and batches of 32 (44 steps an epoch): a run costs little beyond its
-    compile."""
-    return small_digits(**{"model.hidden": (16,), "data.batch_size": 32, **over})
-
-
 def test_seed_mlp_shapes_and_parameter_count():
     model = models.build(dict(name="mlp", hidden=(256, 128)), num_classes=10)
     x = jnp.zeros((3, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)  # jitted: one compile, not op by op
     assert models.count_params(variables["params"]) == 235_146
     assert set(variables["params"]) == {"dense_0", "dense_1", "head"}
     assert variables["params"]["dense_0"]["kernel"].shape == (784, 256)
     assert variables["params"]["head"]["kernel"].shape == (128, 10)
-    assert model.apply(variables, x).shape == (3, 10)
+    assert jax.eval_shape(model.apply, variables, x).shape == (3, 10)
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
@@ -50,7 +44,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
              "label": rng.integers(0, 4, 16).astype(np.int32)}
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optax.sgd(0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))
@@ -102,7 +96,8 @@ def test_resident_evaluation_matches_the_host_batches(tmp_path):
 
 def test_epoch_checkpoints_wait_for_checkpoint_min_secs(tmp_path):
     def saved(name, **over):
-        over = {"train.epochs": 3, "data.batch_size": 128, "model.hidden": (16,), **over}  # 11 steps an epoch
+        # 11 steps an epoch, logged at its end: every call 11 steps (one compile)
+        over = {"train.epochs": 3, "data.batch_size": 128, "model.hidden": (16,), "train.log_every": 11, **over}
         result = ptft_jax.train(small_digits(**over), str(tmp_path / name), log=quiet)
         return result["step"], saved_steps(tmp_path / name)
 
@@ -110,8 +105,8 @@ def test_epoch_checkpoints_wait_for_checkpoint_min_secs(tmp_path):
     assert steps == [total]
     total, steps = saved("every_epoch", **{"train.checkpoint_min_secs": 0})
     assert steps == [total // 3, 2 * total // 3, total]
-    total, steps = saved("explicit", **{"train.checkpoint_every": total // 3})  # explicit steps: no time limit
-    assert steps == [total // 3, 2 * total // 3, total]
+    # train.checkpoint_every=N saves every N steps without the time limit: test_run_options.py's keep test
+    # (steps 15 and 20 both saved within a second).
 
 
 @pytest.mark.slow
@@ -150,18 +145,17 @@ def test_a_run_writes_its_resolved_config_metrics_and_data_info(digits_pretraine
     assert info["name"] == "digits" and info["image_shape"] == [8, 8, 1] and info["num_classes"] == 10
 
 
-def test_interrupted_run_resumes_to_the_same_params(tmp_path, log):
-    full = tiny_digits(**{"train.steps": 60, "train.checkpoint_every": 20})
-    ptft_jax.train(full, str(tmp_path / "full"), log=quiet)
-    # The same run stopped at step 40 (a checkpoint) and started again with the full duration.
-    part = tiny_digits(**{"train.steps": 40, "train.checkpoint_every": 20})
+def test_interrupted_run_resumes_to_the_same_params(digits_pretrained, tmp_path, log):
+    full = digits_pretrained.config  # 60 steps, checkpoints every 30: the uninterrupted run is the shared one
+    # The same run stopped at step 30 (a checkpoint) and started again with the full duration.
+    part = ptft_jax.apply_overrides(full, {"train.steps": 30})
     ptft_jax.train(part, str(tmp_path / "resumed"), log=quiet)
     ptft_jax.train(full, str(tmp_path / "resumed"), log=log)
-    assert any("resuming from" in line and line.endswith("/40") for line in log)
-    assert_trees_equal(params_of(tmp_path / "full"), params_of(tmp_path / "resumed"))
+    assert any("resuming from" in line and line.endswith("/30") for line in log), log
+    assert_trees_equal(params_of(digits_pretrained.workdir), params_of(tmp_path / "resumed"))
     train_steps = [r["step"] for r in metrics_rows(tmp_path / "resumed", "train")]
     assert train_steps == sorted(set(train_steps)), "metrics must not repeat steps after a resume"
-    assert train_steps == [r["step"] for r in metrics_rows(tmp_path / "full", "train")]
+    assert train_steps == [r["step"] for r in metrics_rows(digits_pretrained.workdir, "train")]
 
 
 def test_finished_run_says_so_and_exits(digits_pretrained, tmp_path, log):
@@ -173,15 +167,15 @@ def test_finished_run_says_so_and_exits(digits_pretrained, tmp_path, log):
     assert saved_steps(workdir) == before
 
 
-def test_device_resident_and_host_pipeline_give_the_same_params(tmp_path):
-    logs = {}
-    for mode in ("true", "false"):
-        logs[mode] = []
-        ptft_jax.train(tiny_digits(**{"train.steps": 50, "data.device_resident": mode}), str(tmp_path / mode),
-                       log=logs[mode].append)
-    assert any(line.startswith("input: device-resident split") for line in logs["true"]), logs["true"]
-    assert any(line.startswith("input: host pipeline") for line in logs["false"]), logs["false"]
-    assert_trees_equal(params_of(tmp_path / "true"), params_of(tmp_path / "false"), exact=False)
+def test_device_resident_and_host_pipeline_give_the_same_params(digits_pretrained, tmp_path, log):
+    # The shared run had its training split on the device (device_resident=auto, and it fits); the same run fed
+    # from the host pipeline reads the same batches in the same order.
+    assert any(line.startswith("input: device-resident split") for line in digits_pretrained.log), \
+        digits_pretrained.log
+    host = ptft_jax.apply_overrides(digits_pretrained.config, {"data.device_resident": "false"})
+    ptft_jax.train(host, str(tmp_path / "host"), log=log)
+    assert any(line.startswith("input: host pipeline") for line in log), log
+    assert_trees_equal(params_of(digits_pretrained.workdir), params_of(tmp_path / "host"), exact=False)
 
 
 @pytest.mark.slow
@@ -239,6 +233,7 @@ def test_mnist_recipe_on_tfds_mock_data_in_memory_or_not(tmp_path):
     training split goes on the device; with in_memory=false they stay records, read through the host pipeline,
     and the run trains to the same params."""
     over = {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10, "train.log_every": 3,
+            "train.eval_every": 6, "train.checkpoint_every": 6,  # not at the 5-step epoch: calls of 3 steps only
             "data.data_dir": str(tmp_path / "tfds")}
     logs = {"auto": [], "false": []}
     with tfds.testing.mock_data(num_examples=40):
@@ -287,7 +282,7 @@ def test_optimiser_variants_train(over):
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
              "label": rng.integers(0, 4, 16).astype(np.int32)}
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optim.build(cfg, total_steps=20)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     step = jax.jit(make_train_step(model, tx, (0.5,), (0.25,), seed=0))

@@ -138,7 +138,7 @@ def test_checkpoint_saved_on_8_devices_grafts_on_1(tmp_path):
 
 
 def test_linear_probe_keeps_the_backbone_bit_identical(pretrained, tmp_path):
-    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "train.steps": 30,
+    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "train.steps": 30, "train.log_every": 30,
                                              "finetune.strategy": "linear_probe", "optim.momentum": 0.9})
     ptft_jax.train(config, str(tmp_path / "lp"))
     before = checkpoint_of(pretrained)[2]
@@ -163,7 +163,7 @@ def test_lr_multipliers_and_layer_decay(pretrained, tmp_path):
     assert m["head"]["kernel"] == 1.0
     assert m["dense_2"]["kernel"] == 0.5 and m["dense_1"]["bias"] == 0.25
     assert m["dense_0"]["kernel"] == pytest.approx(0.1 * 0.125)
-    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "train.steps": 20,
+    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "train.steps": 20, "train.log_every": 20,
                                              "finetune.lr_mults": [("dense_.*", 0.0)]})
     ptft_jax.train(config, str(tmp_path / "m0"))
     before = params_of(pretrained)

@@ -121,17 +121,15 @@ def test_damaged_latest_checkpoint_is_reported_set_aside_and_skipped(digits_pret
     assert_same(params_of(workdir), uninterrupted)  # steps 30..60 again, bit for bit
 
 
-def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
-    workdir = tmp_path / "run"
-    ok = ptft_jax.load_config(DIGITS, {**SMALL, "train.steps": 20, "train.checkpoint_every": 10})
-    ptft_jax.train(ok, str(workdir), log=quiet)
+def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(digits_pretrained, tmp_path):
+    workdir = copy_run(digits_pretrained.workdir, tmp_path / "run")  # a good run: checkpoints at 30 and 60
     good = params_of(workdir)
-    bad = ptft_jax.apply_overrides(ok, {"train.steps": 60, "optim.lr": 1e30})
-    with pytest.raises(ptft_jax.Diverged, match=r"non-finite at step (2[1-9]|3\d)\b.*last checkpoint is intact"):
-        ptft_jax.train(bad, str(workdir), allow_config_change=True, log=quiet)
-    assert saved_steps(workdir) == [10, 20]
+    bad = ptft_jax.apply_overrides(digits_pretrained.config, {"train.steps": 120, "optim.lr": 1e30})
+    with pytest.raises(ptft_jax.Diverged, match=r"non-finite at step (6[1-9]|[7-8]\d)\b.*last checkpoint is intact"):
+        ptft_jax.train(bad, workdir, allow_config_change=True, log=quiet)
+    assert saved_steps(workdir) == [30, 60]
     assert_same(params_of(workdir), good)
-    skip = ptft_jax.apply_overrides(bad, {"train.on_nonfinite": "skip"})
+    skip = ptft_jax.apply_overrides(bad, {**SMALL, "train.steps": 30, "train.on_nonfinite": "skip"})
     ptft_jax.train(skip, str(tmp_path / "skip"), log=quiet)
     rows = [json.loads(x) for x in open(tmp_path / "skip" / "metrics.jsonl")]
     assert max(r.get("skipped_steps", 0) for r in rows) > 0
@@ -141,7 +139,8 @@ def test_divergence_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
 def test_disk_full_during_save_is_clear_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
     workdir = tmp_path / "run"
-    config = ptft_jax.load_config(DIGITS, {**SMALL, "train.steps": 40, "train.checkpoint_every": 20})
+    config = ptft_jax.load_config(DIGITS, {**SMALL, "train.steps": 40, "train.checkpoint_every": 20,
+                                           "train.log_every": 20})
     real_save, calls = ocp.CheckpointManager.save, []
 
     def save(self, step, *a, **k):

@@ -53,13 +53,11 @@ def test_keep_leaves_only_the_newest_checkpoints(tmp_path):
     workdir = tmp_path / "run"
     ptft_jax.train(tiny(**{"train.steps": 20, "train.checkpoint_every": 5, "train.log_every": 5, "train.keep": 2}),
                    str(workdir), log=quiet)
+    # Steps 15 and 20 both saved, a fraction of a second apart: checkpoint_every has no time limit
+    # (train.checkpoint_min_secs is for epoch-end saves).
     assert saved_steps(workdir) == [15, 20]
     entries = sorted(os.listdir(workdir / "checkpoints"))
     assert entries == ["15", "20"], entries  # nothing else left behind (no temporary or older step folders)
-    # A resumed run with a longer duration goes on pruning.
-    ptft_jax.train(tiny(**{"train.steps": 30, "train.checkpoint_every": 5, "train.log_every": 5, "train.keep": 2}),
-                   str(workdir), log=quiet)
-    assert saved_steps(workdir) == [25, 30]
 
 
 def test_init_step_picks_the_checkpoint_and_graft_json_records_it(digits_pretrained, tmp_path):
