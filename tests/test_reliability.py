@@ -228,6 +228,8 @@ def test_bad_inputs_each_get_one_sentence_and_exit_2(tmp_path):
         ([f"--config={DIGITS}", f"--workdir={tmp_path / 'f'}", f"--config.init_from={tmp_path / 'afile'}"],
          "neither a run's workdir nor a checkpoint step directory"),
         ([f"--config={DIGITS}"], "--workdir"),
+        ([f"--config={os.path.join(os.path.dirname(DIGITS), 'digits_mlp_finetune.py')}", f"--workdir={tmp_path / 'g'}",
+          f"--config.init_from={tmp_path / 'none'}"], "does not exist"),
     ]
     for args, expected in cases:
         out = launch(*args)

@@ -260,6 +260,7 @@ def digits_pt(tmp_path_factory):
     return workdir, config, ptft_jax.train(config, workdir)
 
 
+@pytest.mark.slow
 def test_digits_resnet_pretrain_checkpoints_batch_stats(digits_pt):
     workdir, config, result = digits_pt
     assert result["step"] == 12 and np.isfinite(result["loss"])

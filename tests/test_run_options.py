@@ -24,19 +24,19 @@ def input_line(log):
     return lines[0]
 
 
-def test_steps_per_call_gives_the_same_params_and_is_logged(tmp_path):
-    logs = {}
-    for k in (1, 7):
-        logs[k] = []
-        ptft_jax.train(tiny(**{"train.steps_per_call": k}), str(tmp_path / f"k{k}"), log=logs[k].append)
-        assert input_line(logs[k]).endswith(f"| {k} step(s) per call"), logs[k]
-    a, b = params_of(tmp_path / "k1"), params_of(tmp_path / "k7")
+def test_steps_per_call_gives_the_same_params_and_is_logged(digits_pretrained, tmp_path, log):
+    # The shared run made calls of its log_every (30) steps; the same run one step a call ends where it did.
+    assert input_line(digits_pretrained.log).endswith("| 30 step(s) per call"), digits_pretrained.log
+    one = ptft_jax.apply_overrides(digits_pretrained.config, {"train.steps_per_call": 1})
+    ptft_jax.train(one, str(tmp_path / "k1"), log=log)
+    assert input_line(log).endswith("| 1 step(s) per call"), log
+    a, b = params_of(tmp_path / "k1"), params_of(digits_pretrained.workdir)
     for x, y in zip(*(sorted(_flat(p).items()) for p in (a, b))):
         assert x[0] == y[0]
         np.testing.assert_allclose(x[1], y[1], rtol=1e-6, atol=1e-7, err_msg=x[0])
     # The same metrics at the same steps, whatever the calls.
-    rows = lambda d: [(r["step"], r["split"]) for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))]  # noqa
-    assert rows("k1") == rows("k7") and (28, "test") in rows("k1")
+    rows = lambda d: [(r["step"], r["split"]) for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))]  # noqa
+    assert rows(tmp_path / "k1") == rows(digits_pretrained.workdir) and (60, "test") in rows(tmp_path / "k1")
 
 
 def _flat(tree, prefix=""):
@@ -88,6 +88,12 @@ def test_evaluate_mode_on_the_command_line(digits_pretrained, tmp_path):
     assert lines[0].startswith("evaluate: step 60 | test loss ")
     assert f"test accuracy {digits_pretrained.result['accuracy']:.4f}" in lines[0], (lines, digits_pretrained.result)
     assert saved_steps(pt) == [30, 60]
+    with pytest.raises(ptft_jax.CheckpointError, match="No checkpoint in .*; train first"):
+        ptft_jax.evaluate(digits_pretrained.config, str(tmp_path / "empty"), log=quiet)
+
+
+@pytest.mark.slow
+def test_evaluate_mode_on_an_empty_workdir_is_one_error_line(tmp_path):
     empty = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'empty'}", "--mode=evaluate")
     assert empty.returncode == 2, empty.stderr[-2000:]
     errors = [line for line in empty.stderr.splitlines() if line.startswith("error: ")]
