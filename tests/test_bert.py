@@ -212,6 +212,7 @@ def test_tokenizer_round_trip_save_load_and_pairs(tokenizer, tmp_path):
     assert cont.shape == (2000,) and cont.any() and not cont[:5].any()
 
 
+@pytest.mark.slow
 def test_tokenizer_training_gives_the_same_vocab_txt_in_every_process(tokenizer, tmp_path):
     import os
     import subprocess

@@ -13,10 +13,13 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 import ptft_jax
 
 from conftest import CONFIGS
+
+pytestmark = pytest.mark.slow  # minutes: a pretraining run and six fine-tunes
 
 PRETRAIN = os.path.join(CONFIGS, "pydocs_bert_pretrain.py")
 FINETUNE = os.path.join(CONFIGS, "pydocs_bert_finetune.py")

@@ -33,6 +33,7 @@ def run(workdir, env, *overrides):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_second_process_loads_the_compiled_executables(tmp_path):
     cache = tmp_path / "cache"
     first = run(tmp_path / "a", {}, f"train.compile_cache={cache}")
@@ -44,13 +45,17 @@ def test_a_second_process_loads_the_compiled_executables(tmp_path):
     assert second["accuracy"] == pytest.approx(first["accuracy"])  # same executables, same numbers
 
 
-def test_auto_is_on_for_accelerators_only_and_jax_setting_wins(tmp_path, monkeypatch):
+def test_auto_is_on_for_accelerators_only(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     default = str(tmp_path / "xdg" / "ptft_jax" / "xla")
     assert compile_cache.folder("auto", "gpu") == compile_cache.folder("auto", "tpu") == default
     assert compile_cache.folder("auto", "cpu") is None
     assert compile_cache.folder("", "gpu") is None and compile_cache.folder(None, "gpu") is None
     assert compile_cache.folder("~/x", "cpu") == os.path.expanduser("~/x")
+
+
+@pytest.mark.slow
+def test_auto_is_off_on_this_cpu_and_jax_setting_wins(tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
     assert run(tmp_path / "a", env)["dir"] is None  # auto on this CPU
     assert not (tmp_path / "xdg" / "ptft_jax").exists()

@@ -11,11 +11,11 @@ import tensorflow_datasets as tfds
 
 import ptft_jax
 from ptft_jax import models
-from ptft_jax.checkpoint import Checkpoints
 from ptft_jax.step import TrainState, make_train_step
 from ptft_jax.tasks import ImageClassification
 
-from conftest import CONFIGS, launch
+from conftest import (CONFIGS, assert_trees_equal, copy_run, launch, metrics_rows, params_of, quiet,
+                      saved_steps)
 
 
 def cfg_file(name):
@@ -32,12 +32,12 @@ def small_digits(**over):
 def test_seed_mlp_shapes_and_parameter_count():
     model = models.build(dict(name="mlp", hidden=(256, 128)), num_classes=10)
     x = jnp.zeros((3, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)  # jitted: one compile, not op by op
     assert models.count_params(variables["params"]) == 235_146
     assert set(variables["params"]) == {"dense_0", "dense_1", "head"}
     assert variables["params"]["dense_0"]["kernel"].shape == (784, 256)
     assert variables["params"]["head"]["kernel"].shape == (128, 10)
-    assert model.apply(variables, x).shape == (3, 10)
+    assert jax.eval_shape(model.apply, variables, x).shape == (3, 10)
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
@@ -45,7 +45,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
              "label": rng.integers(0, 4, 16).astype(np.int32)}
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optax.sgd(0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     step = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))
@@ -98,85 +98,89 @@ def test_resident_evaluation_matches_the_host_batches(tmp_path):
 
 def test_epoch_checkpoints_wait_for_checkpoint_min_secs(tmp_path):
     def saved(name, **over):
-        result = ptft_jax.train(small_digits(**{"train.epochs": 3, **over}), str(tmp_path / name))
-        steps = sorted(int(s) for s in os.listdir(tmp_path / name / "checkpoints") if s.isdigit())
-        return result["step"], steps
+        # 11 steps an epoch, logged at its end: every call 11 steps (one compile)
+        over = {"train.epochs": 3, "data.batch_size": 128, "model.hidden": (16,), "train.log_every": 11, **over}
+        result = ptft_jax.train(small_digits(**over), str(tmp_path / name), log=quiet)
+        return result["step"], saved_steps(tmp_path / name)
 
     total, steps = saved("default")  # three short epochs inside a minute: only the last step is saved
     assert steps == [total]
     total, steps = saved("every_epoch", **{"train.checkpoint_min_secs": 0})
     assert steps == [total // 3, 2 * total // 3, total]
-    total, steps = saved("explicit", **{"train.checkpoint_every": total // 3})  # explicit steps: no time limit
-    assert steps == [total // 3, 2 * total // 3, total]
+    # train.checkpoint_every=N saves every N steps without the time limit: test_run_options.py's keep test
+    # (steps 15 and 20 both saved within a second).
 
 
+@pytest.mark.slow
 def test_digits_recipe_reaches_095(tmp_path):
     config = ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"))
     result = ptft_jax.train(config, str(tmp_path / "run"))
     assert result["accuracy"] >= 0.95, result
-    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    rows = metrics_rows(tmp_path / "run")
     assert rows[-1]["split"] == "test" and rows[-1]["step"] == result["step"]
     assert {"train", "test"} <= {r["split"] for r in rows}
-    saved = json.load(open(tmp_path / "run" / "config.json"))
-    assert saved["data"]["source"] == "digits" and saved["optim"]["lr"] == 0.01
     again = ptft_jax.evaluate(config, str(tmp_path / "run"))
     assert again["accuracy"] == pytest.approx(result["accuracy"]) and again["examples"] == 360
 
 
+@pytest.mark.slow
 def test_mnist5k_recipe_reaches_092(tmp_path):
     config = ptft_jax.load_config(cfg_file("mnist5k_mlp_pretrain.py"))
-    assert config.data.source == "mnist5k"
     result = ptft_jax.train(config, str(tmp_path / "run"))
     assert result["accuracy"] >= 0.92, result
+    info = json.load(open(tmp_path / "run" / "data.json"))
+    assert info["name"] == "mnist5k" and info["image_shape"] == [28, 28, 1] and info["num_classes"] == 10
 
 
-def _params(workdir):
-    ck = Checkpoints(os.path.join(workdir, "checkpoints"))
-    raw = ck.restore_raw(ck.latest_step())
-    ck.close()
-    return raw["params"]
+def test_a_run_writes_its_resolved_config_metrics_and_data_info(digits_pretrained):
+    workdir = digits_pretrained.workdir
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    # the recipe's values and the overrides given to load_config, resolved
+    assert saved["data"]["source"] == "digits" and saved["train"]["steps"] == 60
+    assert saved["train"]["checkpoint_every"] == 30 and tuple(saved["model"]["hidden"]) == (256, 128)
+    assert ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py")).train.steps is None  # not the recipe's own
+    rows = metrics_rows(workdir)
+    assert [r["step"] for r in rows if r["split"] == "train"] == [30, 60]
+    assert rows[-1]["split"] == "test" and rows[-1]["step"] == 60
+    assert rows[-1]["accuracy"] == pytest.approx(digits_pretrained.result["accuracy"])
+    info = json.load(open(os.path.join(workdir, "data.json")))
+    assert info["name"] == "digits" and info["image_shape"] == [8, 8, 1] and info["num_classes"] == 10
 
 
-def _assert_trees_equal(a, b, exact=True):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb) and la
-    for x, y in zip(la, lb):
-        if exact:
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
-
-
-def test_interrupted_run_resumes_to_the_same_params(tmp_path, log):
-    full = small_digits(**{"train.steps": 120, "train.checkpoint_every": 40})
-    ptft_jax.train(full, str(tmp_path / "full"))
-    # The same run stopped at step 80 (a checkpoint) and started again with the full duration.
-    part = small_digits(**{"train.steps": 80, "train.checkpoint_every": 40})
-    ptft_jax.train(part, str(tmp_path / "resumed"))
+def test_interrupted_run_resumes_to_the_same_params(digits_pretrained, tmp_path, log):
+    full = digits_pretrained.config  # 60 steps, checkpoints every 30: the uninterrupted run is the shared one
+    # The same run stopped at step 30 (a checkpoint) and started again with the full duration.
+    part = ptft_jax.apply_overrides(full, {"train.steps": 30})
+    ptft_jax.train(part, str(tmp_path / "resumed"), log=quiet)
     ptft_jax.train(full, str(tmp_path / "resumed"), log=log)
-    assert any("resuming from" in line and line.endswith("/80") for line in log)
-    _assert_trees_equal(_params(tmp_path / "full"), _params(tmp_path / "resumed"))
-    rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
-    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert any("resuming from" in line and line.endswith("/30") for line in log), log
+    assert_trees_equal(params_of(digits_pretrained.workdir), params_of(tmp_path / "resumed"))
+    train_steps = [r["step"] for r in metrics_rows(tmp_path / "resumed", "train")]
     assert train_steps == sorted(set(train_steps)), "metrics must not repeat steps after a resume"
+    assert train_steps == [r["step"] for r in metrics_rows(digits_pretrained.workdir, "train")]
 
 
-def test_finished_run_says_so_and_exits(tmp_path, log):
-    config = small_digits(**{"train.steps": 30})
-    first = ptft_jax.train(config, str(tmp_path / "run"))
-    again = ptft_jax.train(config, str(tmp_path / "run"), log=log)
-    assert any("already finished" in line for line in log)
-    assert again["accuracy"] == pytest.approx(first["accuracy"])
+def test_finished_run_says_so_and_exits(digits_pretrained, tmp_path, log):
+    workdir = copy_run(digits_pretrained.workdir, tmp_path / "run")
+    before = saved_steps(workdir)
+    again = ptft_jax.train(digits_pretrained.config, workdir, log=log)
+    assert any("already finished: step 60 of 60" in line for line in log), log
+    assert again["step"] == 60 and again["accuracy"] == pytest.approx(digits_pretrained.result["accuracy"])
+    assert saved_steps(workdir) == before
 
 
-def test_device_resident_and_host_pipeline_give_the_same_params(tmp_path):
-    on = small_digits(**{"train.steps": 50, "data.device_resident": "true"})
-    off = small_digits(**{"train.steps": 50, "data.device_resident": "false"})
-    ptft_jax.train(on, str(tmp_path / "on"))
-    ptft_jax.train(off, str(tmp_path / "off"))
-    _assert_trees_equal(_params(tmp_path / "on"), _params(tmp_path / "off"), exact=False)
+def test_device_resident_and_host_pipeline_give_the_same_params(digits_pretrained, tmp_path, log):
+    # The shared run had its training split on the device (device_resident=auto, and it fits); the same run fed
+    # from the host pipeline reads the same batches in the same order.
+    assert any(line.startswith("input: device-resident split") for line in digits_pretrained.log), \
+        digits_pretrained.log
+    host = ptft_jax.apply_overrides(digits_pretrained.config, {"data.device_resident": "false"})
+    ptft_jax.train(host, str(tmp_path / "host"), log=log)
+    assert any(line.startswith("input: host pipeline") for line in log), log
+    assert_trees_equal(params_of(digits_pretrained.workdir), params_of(tmp_path / "host"), exact=False)
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_agree(tmp_path):
     over = ["--config.train.steps=60", "--config.train.log_every=10", "--config.data.batch_size=16"]
     one = launch(f"--config={cfg_file('digits_mlp_pretrain.py')}", f"--workdir={tmp_path / 'one'}", *over, devices=1)
@@ -189,7 +193,7 @@ def test_one_and_eight_devices_agree(tmp_path):
     a, b = rows("one"), rows("eight")
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 7
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-4)
-    _assert_trees_equal(_params(tmp_path / "one"), _params(tmp_path / "eight"), exact=False)
+    assert_trees_equal(params_of(tmp_path / "one"), params_of(tmp_path / "eight"), exact=False)
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
@@ -226,13 +230,32 @@ def test_overrides_are_typed():
         ptft_jax.load_config("configs/nope.py")
 
 
-def test_mnist_recipe_on_tfds_mock_data(tmp_path):
-    config = ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"),
-                                  {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10,
-                                   "train.log_every": 3, "data.data_dir": str(tmp_path / "tfds")})
+def test_mnist_recipe_on_tfds_mock_data_in_memory_or_not(tmp_path):
+    """The TFDS recipe on mock data: by default (in_memory=auto) its small splits are read into arrays and the
+    training split goes on the device; with in_memory=false they stay records, read through the host pipeline,
+    and the run trains to the same params."""
+    over = {"train.steps": 6, "data.batch_size": 8, "data.eval_batch_size": 10, "train.log_every": 3,
+            "train.eval_every": 6, "train.checkpoint_every": 6,  # not at the 5-step epoch: calls of 3 steps only
+            "data.data_dir": str(tmp_path / "tfds")}
+    logs = {"auto": [], "false": []}
     with tfds.testing.mock_data(num_examples=40):
-        result = ptft_jax.train(config, str(tmp_path / "run"))
-    assert result["step"] == 6 and np.isfinite(result["loss"])
+        result = ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), over), str(tmp_path / "auto"),
+                                log=logs["auto"].append)
+        records = ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"),
+                                                      {**over, "data.in_memory": "false"}),
+                                 str(tmp_path / "false"), log=logs["false"].append)
+    assert result["step"] == records["step"] == 6 and np.isfinite(result["loss"])
+    input_lines = {k: [x for x in v if x.startswith("input: ")] for k, v in logs.items()}
+    assert input_lines["auto"][0].startswith("input: device-resident split"), logs["auto"]
+    assert any("mnist/train: reading 40 examples into memory" in x for x in logs["auto"]), logs["auto"]
+    assert input_lines["false"][0].startswith("input: host pipeline"), logs["false"]
+    assert not any("into memory" in x for x in logs["false"]), logs["false"]  # no split read into arrays
+    assert records["loss"] == pytest.approx(result["loss"], rel=1e-5) and records["accuracy"] == result["accuracy"]
+    assert_trees_equal(params_of(tmp_path / "auto"), params_of(tmp_path / "false"), exact=False)
+    with pytest.raises(ptft_jax.ConfigError, match="data.device_resident=true needs the training split in memory"):
+        with tfds.testing.mock_data(num_examples=40):
+            ptft_jax.train(ptft_jax.load_config(cfg_file("mnist_mlp_pretrain.py"), {
+                **over, "data.in_memory": "false", "data.device_resident": "true"}), str(tmp_path / "bad"), log=quiet)
 
 
 def test_missing_tfds_dataset_names_the_prepare_command(tmp_path):
@@ -261,7 +284,7 @@ def test_optimiser_variants_train(over):
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
              "label": rng.integers(0, 4, 16).astype(np.int32)}
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
     tx = optim.build(cfg, total_steps=20)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     step = jax.jit(make_train_step(model, tx, ImageClassification(mean=(0.5,), std=(0.25,)), seed=0))
@@ -280,11 +303,10 @@ def test_bad_optimiser_settings_are_clear():
         optim.build(ptft_jax.load_config(cfg_file("digits_mlp_pretrain.py"), {"optim.schedule": "linear"}).optim, 10)
 
 
-def test_evaluation_counts_every_example_once_with_a_padded_last_batch(tmp_path):
-    config = small_digits(**{"train.steps": 20})
-    ptft_jax.train(config, str(tmp_path / "run"))
-    whole = ptft_jax.evaluate(config, str(tmp_path / "run"))
-    padded = ptft_jax.evaluate(ptft_jax.apply_overrides(config, {"data.eval_batch_size": 100}), str(tmp_path / "run"))
+def test_evaluation_counts_every_example_once_with_a_padded_last_batch(digits_pretrained):
+    config, workdir = digits_pretrained.config, digits_pretrained.workdir
+    whole = ptft_jax.evaluate(config, workdir, log=quiet)
+    padded = ptft_jax.evaluate(ptft_jax.apply_overrides(config, {"data.eval_batch_size": 100}), workdir, log=quiet)
     assert whole["examples"] == padded["examples"] == 360
     assert padded["accuracy"] == pytest.approx(whole["accuracy"]) and padded["loss"] == pytest.approx(whole["loss"])
 
@@ -315,10 +337,20 @@ def test_device_feed_follows_the_call_plan_and_raises_host_errors():
         feed.next(1, 1)
 
 
-def test_host_calls_hold_at_most_256_mb_of_batches():
-    from ptft_jax.train import HOST_CHUNK_BYTES, _host_chunk_steps
-    assert HOST_CHUNK_BYTES == 256 << 20
-    assert _host_chunk_steps(256 * 784 + 1024, 50) == 50                 # MNIST batches: log_every steps a call
-    assert _host_chunk_steps(1024 * 224 * 224 * 3, 50) == 1              # an ImageNet batch of 1024: one step
-    assert _host_chunk_steps(128 * 224 * 224 * 3, 50) == 8               # 13 fit: rounded down to 8
-    assert _host_chunk_steps(10 << 30, 50) == 1                          # never fewer than one
+def test_host_calls_hold_at_most_256_mb_of_batches(tmp_path):
+    """The default steps per call: train.log_every, but on the host path only as many steps as 256 MB of batches
+    hold, rounded down to a power of two; seen in the start summary's 'K step(s) per call'."""
+    def per_call(name, **over):
+        log = []
+        base = {"model.hidden": (16,), "train.steps": 2, "train.log_every": 100, "data.eval_batch_size": 40}
+        ptft_jax.train(small_digits(**{**base, **over}), str(tmp_path / name), log=log.append)
+        line = [x for x in log if x.startswith("input: ")]
+        assert len(line) == 1 and line[0].endswith(" step(s) per call"), log
+        return line[0].split("| ")[-1].split()[0]
+
+    # 8x8 digits in batches of 64 (4.6 KB): 100 steps a call, on the host as on the devices.
+    assert per_call("small_host", **{"data.batch_size": 64, "data.device_resident": "false"}) == "100"
+    # The same digits seen at 224x224 (a 3.2 MB batch): 83 fit in 256 MB, rounded down to 64. Records kept on
+    # the host (in_memory=false) and fed from there.
+    big = {"data.batch_size": 64, "data.image_size": 224, "data.in_memory": "false"}
+    assert per_call("big_host", **big) == "64"

@@ -126,7 +126,7 @@ def test_bf16_step_is_close_to_float32_and_keeps_float32_params(f32_step):
 
 def test_label_smoothing_and_mixup():
     model = models.build(dict(name="mlp", hidden=(16,)), num_classes=4)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]  # jitted: one compile
     tx = optax.sgd(0.0 + 1e-9)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
     batch = _batch()
@@ -240,8 +240,16 @@ def test_every_recipe_loads_and_builds(name):
     hw = c.data.image_size or (8 if c.data.source == "digits" else 32)
     assert models.count_params(shapes(model, hw)["params"]) > 0
     if name.startswith("imagenet"):
-        assert (c.data.batch_size, c.optim.lr, c.optim.momentum, c.train.epochs) == (1024, 0.4, 0.9, 90)
-        assert c.train.label_smoothing == 0.1 and c.optim.warmup_epochs == 5 and c.model.dtype == "bfloat16"
+        # Goyal et al.'s schedule, as the loop will build it: linear warmup over 5 epochs to 0.1 x batch / 256
+        # (0.4 for 1024), then cosine to zero at the end of training; and the model computes in bfloat16.
+        spe = 1_281_167 // c.data.batch_size
+        total = int(c.train.epochs * spe)
+        sched = optim.schedule(c.optim, total, steps_per_epoch=spe)
+        assert float(sched(0)) == 0.0 and float(sched(5 * spe)) == pytest.approx(0.1 * c.data.batch_size / 256)
+        assert float(sched(2 * spe)) == pytest.approx(0.4 * float(sched(5 * spe)), rel=1e-3)
+        assert float(sched(total // 2)) < float(sched(5 * spe)) and float(sched(total)) == pytest.approx(0, abs=1e-7)
+        logits = jax.eval_shape(model.apply, shapes(model, hw), jnp.zeros((1, hw, hw, 3)))
+        assert logits.dtype == jnp.bfloat16 and logits.shape == (1, 10)
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +260,7 @@ def digits_pt(tmp_path_factory):
     return workdir, config, ptft_jax.train(config, workdir)
 
 
+@pytest.mark.slow
 def test_digits_resnet_pretrain_checkpoints_batch_stats(digits_pt):
     workdir, config, result = digits_pt
     assert result["step"] == 12 and np.isfinite(result["loss"])
@@ -262,6 +271,7 @@ def test_digits_resnet_pretrain_checkpoints_batch_stats(digits_pt):
     assert again["loss"] == pytest.approx(result["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_digits_resnet_finetune_and_image_folder_recipe(digits_pt, tmp_path):
     workdir = digits_pt[0]
     ft = recipe("digits_resnet_finetune.py", {**TINY, "train.steps": 6, "train.log_every": 3, "init_from": workdir})
@@ -293,6 +303,7 @@ def _mock_over(tmp_path, **kw):
             "data.data_dir": str(tmp_path / "tfds"), **kw}
 
 
+@pytest.mark.slow
 def test_cifar10_to_cifar100_graft_on_mock_data_loads_every_non_head_leaf(tmp_path):
     with tfds.testing.mock_data(num_examples=24):
         pt = ptft_jax.train(recipe("cifar10_resnet18_pretrain.py", _mock_over(tmp_path)), str(tmp_path / "pt"))
@@ -308,6 +319,7 @@ def test_cifar10_to_cifar100_graft_on_mock_data_loads_every_non_head_leaf(tmp_pa
     assert report["step"] == 2
 
 
+@pytest.mark.slow
 def test_imagenet_recipe_on_mock_data(tmp_path):
     # Mock ImageNet images have random sizes: training crops them, evaluation centre-crops them, at 32x32.
     over = _mock_over(tmp_path, **{"data.image_size": 32, "model.dtype": "float32", "data.num_threads": 2})
@@ -317,6 +329,7 @@ def test_imagenet_recipe_on_mock_data(tmp_path):
     assert json.load(open(tmp_path / "run" / "data.json"))["image_shape"] == [32, 32, 3]
 
 
+@pytest.mark.slow
 def test_batch_stats_are_over_the_global_batch_on_4_devices():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np, optax

@@ -51,6 +51,7 @@ def test_expansion_and_naming():
     assert len(names) == 6 and "optim.lr=0.001,finetune.strategy=linear_probe" in names
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_skips_finished_members_and_reports(sweep_file, tmp_path, monkeypatch, log):
     workdir = tmp_path / "sweep"
     real_train, calls = ptft_jax.train, []

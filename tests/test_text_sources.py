@@ -41,6 +41,7 @@ def lm1b_run(tmp_path_factory):
     return tmp, over, result, logs
 
 
+@pytest.mark.slow
 def test_tfds_lm1b_pretraining_caches_its_tokenised_data(lm1b_run):
     tmp, over, result, logs = lm1b_run
     assert result["step"] == 3 and np.isfinite(result["loss"])
@@ -56,6 +57,7 @@ def test_tfds_lm1b_pretraining_caches_its_tokenised_data(lm1b_run):
     assert again["step"] == 5 and any("from the cache" in line for line in logs2)
 
 
+@pytest.mark.slow
 def test_tfds_sst2_finetune_from_the_lm1b_run_loads_everything_but_pooler_and_head(lm1b_run):
     tmp, _, _, _ = lm1b_run
     over = {**TINY, "data.data_dir": str(tmp / "tfds"), "train.epochs": 1, "init_from": str(tmp / "pt")}
@@ -76,6 +78,7 @@ def test_tfds_sst2_finetune_from_the_lm1b_run_loads_everything_but_pooler_and_he
     assert rows["params/pooler/kernel"] == "load" and rows["params/head/kernel"] == "init"
 
 
+@pytest.mark.slow
 def test_tfds_mrpc_pairs_have_second_segments_and_report_f1(tmp_path):
     cfg = recipe("bert_mrpc_finetune.py", {**TINY, "data.data_dir": str(tmp_path / "tfds"), "init_from": None,
                                            "graft": None, "train.epochs": 1})
@@ -109,6 +112,7 @@ def test_tfds_text_errors_are_clear(tmp_path):
             tasks.ImageClassification().load(cfg.data)
 
 
+@pytest.mark.slow
 def test_plain_text_files_pretrain_with_whole_words(tmp_path):
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)

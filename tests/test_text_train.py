@@ -26,6 +26,7 @@ def read_json(workdir, name):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_pydocs_pair_end_to_end(tmp_path, log):
     pt, ft = str(tmp_path / "pt"), str(tmp_path / "ft")
     cfg = ptft_jax.load_config(os.path.join(CONFIGS, "pydocs_bert_pretrain.py") + ":tiny", {
@@ -72,6 +73,7 @@ def _animal_or_market(n, seed=0):
     return rows
 
 
+@pytest.mark.slow
 def test_csv_text_classification(tmp_path, log):
     path = tmp_path / "topics.csv"
     path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in _animal_or_market(200)))

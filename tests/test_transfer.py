@@ -7,10 +7,13 @@ Measured on the 2-core dev machine (2026-11-28): pretrained 0.827 (0.822, 0.838,
 import os
 
 import numpy as np
+import pytest
 
 import ptft_jax
 
 from conftest import CONFIGS
+
+pytestmark = pytest.mark.slow  # minutes: a pretraining run and six fine-tunes
 
 RECIPE = os.path.join(CONFIGS, "mnist5k_mlp_pretrain.py")
 MARGIN = 0.01
