@@ -302,7 +302,7 @@ def _check_values(config):
         normalize_rules(config.graft)
 
 
-GRAFT_ACTIONS = ("load", "init", "zero", "skip", "load_or_init")  # see graft.py
+GRAFT_ACTIONS = ("load", "init", "zero", "skip", "load_or_init", "load_if_fits")  # see graft.py
 DEFAULT_RULES = (("head/.*", "init"), (".*", "load"))  # config.graft None: everything but the head loads
 
 

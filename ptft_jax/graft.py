@@ -10,6 +10,8 @@ inside its collection, e.g. `dense_0/kernel`. The first rule whose regex matches
   skip  names checkpoint paths to leave unused (e.g. a pretraining head the new model lacks)
   load_or_init  load when the checkpoint has the path (same shape required), else keep the fresh
         initialisation (e.g. BERT's pooler, which a masked-LM checkpoint lacks and a classifier's has)
+  load_if_fits  load when the checkpoint has the path with the same shape, else keep the fresh initialisation
+        (e.g. a published classifier's head: kept for the same number of classes, new for another)
 A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every
 offending path with both shapes, when a fresh path matches no rule, when a `load` path is missing from the
 checkpoint or has another shape, or when a checkpoint path is left unused and no rule names it (so nothing is
@@ -149,6 +151,8 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
                 continue
             if action == "load_or_init":
                 action = "init" if ck_value is None else "load"
+            elif action == "load_if_fits":
+                action = "load" if ck_shape == shape else "init"
             if action == "load":
                 if ck_value is None:
                     missing.append(f"{c}/{path} {shape}")

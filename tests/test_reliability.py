@@ -263,7 +263,8 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, args):
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args, f"--workdir={tmp_path / 'multi'}",
+    launch_py = os.path.join(ROOT, "launch.py")
+    procs = [subprocess.Popen([sys.executable, launch_py, *args, f"--workdir={tmp_path / 'multi'}",
                                f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]

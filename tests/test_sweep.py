@@ -25,7 +25,8 @@ def get_config():
 
 
 def get_sweep():
-    return sweep.product(sweep.axis("optim.lr", [0.1, 0.001]), [{{"train.seed": 0}}, {{"_name": "seed1", "train.seed": 1}}])
+    return sweep.product(sweep.axis("optim.lr", [0.1, 0.001]),
+                         [{{"train.seed": 0}}, {{"_name": "seed1", "train.seed": 1}}])
 '''
 
 

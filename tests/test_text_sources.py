@@ -10,9 +10,9 @@ import tensorflow_datasets as tfds
 import ptft_jax
 from ptft_jax import tasks
 from ptft_jax.config import validate
-from ptft_jax.text.masking import MLMMasking, masking_for
 from ptft_jax.metrics import f1_scores
 from ptft_jax.text import WordPieceTokenizer
+from ptft_jax.text.masking import MLMMasking, masking_for
 
 from conftest import CONFIGS
 

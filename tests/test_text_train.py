@@ -10,8 +10,8 @@ import pytest
 import ptft_jax
 from ptft_jax.data.pipeline import EpochOrder, host_batches
 from ptft_jax.dataset import Split
-from ptft_jax.text.masking import MLMMasking
 from ptft_jax.text import WordPieceTokenizer, pack
+from ptft_jax.text.masking import MLMMasking
 
 from conftest import CONFIGS
 
@@ -76,7 +76,7 @@ def _animal_or_market(n, seed=0):
 @pytest.mark.slow
 def test_csv_text_classification(tmp_path, log):
     path = tmp_path / "topics.csv"
-    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in _animal_or_market(200)))
+    path.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in _animal_or_market(200)))
     cfg = ptft_jax.load_config(os.path.join(CONFIGS, "pydocs_bert_finetune.py") + ":tiny", {
         "data.source": f"csv:{path}", "data.max_len": 16, "data.vocab_size": 120, "data.batch_size": 32,
         "optim.lr": 1e-3, "optim.warmup_steps": 5, "train.epochs": None, "train.steps": 40, "train.log_every": 10,
@@ -85,7 +85,8 @@ def test_csv_text_classification(tmp_path, log):
     assert result["accuracy"] >= 0.9, result
     info = read_json(str(tmp_path / "run"), "data.json")
     assert info["class_names"] == ["cats", "stocks"] and info["tokenizer_source"] == "trained"
-    probs = ptft_jax.predict(str(tmp_path / "run"), ["cat kitten purrs whiskers fur", "stocks shares market investors bonds"])
+    probs = ptft_jax.predict(str(tmp_path / "run"),
+                             ["cat kitten purrs whiskers fur", "stocks shares market investors bonds"])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.argmax(probs, 1).tolist() == [0, 1]
     (tmp_path / "inputs.txt").write_text("cat kitten purrs whiskers fur\n\nstocks shares market investors bonds\n")
