@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -71,7 +74,6 @@ class Parallel:
         """Process 0's `flag` on every process: for decisions taken from a clock, which processes read apart."""
         if self.process_count == 1:
             return bool(flag)
-        from jax.experimental import multihost_utils
         return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
 
     def describe(self) -> str:
@@ -84,8 +86,6 @@ class StopRequest:
     """Turns SIGTERM / SIGINT into a request the loop honours at the end of its current call, on every process."""
 
     def __init__(self):
-        import signal
-        import threading
         self.signum = None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -97,20 +97,18 @@ class StopRequest:
 
     @property
     def signal_name(self) -> str:
-        import signal
         return signal.Signals(self.signum).name if self.signum else "a stop request"
 
     def requested(self) -> bool:
         """True on every process when any process got a signal (processes agree, so all save together)."""
         if jax.process_count() == 1:
             return self.signum is not None
-        from jax.experimental import multihost_utils
         flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
         self.signum = self.signum or (int(np.max(flags)) or None)
         return self.signum is not None
 
-    def restore(self):
-        import signal
+    def close(self):
+        """Puts the previous signal handlers back."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

@@ -237,6 +237,14 @@ def _should_save(run: Run, step: int, last_save: float) -> bool:
     return bool(t.checkpoint_every) or run.par.agree(time.perf_counter() - last_save >= t.checkpoint_min_secs)
 
 
+def _save_and_stop(run: Run, step: int, state, stopper, console):
+    run.ckpt.save(step, state, force=True)
+    run.ckpt.wait()
+    console.close()
+    raise Interrupted(f"Stopped by {stopper.signal_name} at step {step}; a checkpoint was saved in "
+                      f"{run.ckpt.directory}: rerun the same command to resume.", stopper.signum or 15)
+
+
 def _summary(run: Run, state) -> str:
     cfg, p = run.config, state.params
     return (f"model {cfg.model.name}: {models.count_params(p):,} params ({params_by_module(p)}) | data {run.ds.name}: "
@@ -296,11 +304,7 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
             unchecked = None
             # Stop: SIGTERM / SIGINT (on any process) or a cluster preemption notice saves and exits.
             if stopper.requested() or run.ckpt.preempted(step):
-                run.ckpt.save(step, state, force=True)
-                run.ckpt.wait()
-                console.close()
-                raise Interrupted(f"Stopped by {stopper.signal_name} at step {step}; a checkpoint was saved in "
-                                  f"{run.ckpt.directory}: rerun the same command to resume.", stopper.signum or 15)
+                _save_and_stop(run, step, state, stopper, console)
             # Log.
             if step % s.log_every == 0 or step == s.total_steps:
                 train_log.write(step)
@@ -319,11 +323,8 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         run.metrics.write(step, "test", **ev)
         run.ckpt.wait()
     finally:
-        feed.close()
-        stopper.restore()
-        console.close()
-        run.ckpt.close()
-        run.metrics.close()
+        for closing in (feed, stopper, console, run.ckpt, run.metrics):
+            closing.close()
         plot_curves(run.metrics.path, os.path.join(run.workdir, "curves.png"))
     elapsed = time.perf_counter() - t_start
     log(f"done: step {step} | {_describe(ev)} | {(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | "
