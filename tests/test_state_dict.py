@@ -27,6 +27,15 @@ def test_reads_what_torch_wrote(name):
     assert sd["strided"].shape == (5, 3) and sd["sliced"].shape == (2, 3)
 
 
+@pytest.mark.parametrize("name", ["sd_tiny.pth", "sd_tiny.safetensors"])
+def test_bfloat16_widened_once_jax_is_imported(name):
+    """jax registers ml_dtypes' bfloat16 with NumPy, which safetensors.numpy then hands out as such."""
+    import jax.numpy  # noqa: F401
+    sd = read_state_dict(os.path.join(FIX, name))
+    assert sd["bf16"].dtype == np.float32
+    np.testing.assert_array_equal(sd["bf16"], EXPECTED["bf16"])
+
+
 def test_safetensors_under_another_name(tmp_path):
     path = str(tmp_path / "model.bin")
     shutil.copy(os.path.join(FIX, "sd_tiny.safetensors"), path)

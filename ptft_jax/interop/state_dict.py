@@ -63,6 +63,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
             for key in f.keys():
                 try:
                     out[key] = f.get_tensor(key)
+                    if out[key].dtype.name == "bfloat16":  # ml_dtypes' (once jax is imported): widened too
+                        out[key] = out[key].astype(np.float32)
                 except TypeError:  # bfloat16, which NumPy lacks: the raw bytes, widened to float32
                     header = header or _safetensors_header(path)
                     out[key] = _bf16(path, header, key)
