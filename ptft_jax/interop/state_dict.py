@@ -40,12 +40,19 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     come back as float32. A damaged or foreign file is a CheckpointError naming it."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} does not exist; point the init_from path at the weights file.")
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors") or _looks_like_safetensors(path):
         return _read_safetensors(path)
     if zipfile.is_zipfile(path):
         return _read_torch_zip(path)
-    raise CheckpointError(f"{path} is neither a safetensors file nor a torch.save zip archive (torch >= 1.6); "
-                          f"re-save it with torch.save(model.state_dict(), path) or as .safetensors.")
+    raise CheckpointError(f"{path} is neither a safetensors file nor a torch.save zip archive (torch >= 1.6), or "
+                          f"it is truncated; re-save it with torch.save(model.state_dict(), path) or as .safetensors.")
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """A safetensors file under another name (`model.bin`): an 8-byte header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 27)
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -56,6 +63,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
             for key in f.keys():
                 try:
                     out[key] = f.get_tensor(key)
+                    if out[key].dtype.name == "bfloat16":  # ml_dtypes' (once jax is imported): widened too
+                        out[key] = out[key].astype(np.float32)
                 except TypeError:  # bfloat16, which NumPy lacks: the raw bytes, widened to float32
                     header = header or _safetensors_header(path)
                     out[key] = _bf16(path, header, key)
@@ -157,6 +166,6 @@ def _array(z, prefix, storage, offset, size, stride):
         flat = np.frombuffer(raw, dtype)
     itemsize = flat.dtype.itemsize
     if not size:
-        return flat[offset].copy()
+        return np.array(flat[offset])  # a 0-d array, not a NumPy scalar
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=[s * itemsize for s in stride])
     return np.array(view)
