@@ -64,7 +64,8 @@ def defaults() -> ml_collections.ConfigDict:
         flip=True,               # crop_flip / inception_crop: random horizontal flips (false for digits, text)
         vocab_size=8000,         # text: size of the WordPiece vocabulary trained on a fresh run's training texts
         max_len=128,             # text: tokens per sequence ([CLS] ... [SEP], padded; masked-LM: packed)
-        lowercase=True,          # text: lower-case before WordPiece (a trained or data.vocab vocabulary)
+        lowercase=None,          # text: lower-case before WordPiece; None: the vocabulary's own do_lower_case
+                                 # (True for a trained one); contradicting a vocabulary's is an error
         vocab=None,              # text: a BERT vocab.txt (or a folder holding one) instead of training one;
                                  # a run with init_from reuses that run's WORKDIR/tokenizer/ without it
         text_fields=None,        # text, tfds: the feature(s) holding the text: one name, or two for sentence

@@ -44,6 +44,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         return _read_safetensors(path)
     if zipfile.is_zipfile(path):
         return _read_torch_zip(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":  # a zip's first record, but no directory at its end: cut short
+        raise CheckpointError(f"{path} is a truncated zip archive (its end is missing); download or copy it again.")
     raise CheckpointError(f"{path} is neither a safetensors file nor a torch.save zip archive (torch >= 1.6), or "
                           f"it is truncated; re-save it with torch.save(model.state_dict(), path) or as .safetensors.")
 

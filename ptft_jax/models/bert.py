@@ -3,8 +3,9 @@
 Inputs are `input_ids`, `token_type_ids` and `attention_mask` (int32 [B, T]; 1 = real token, 0 = padding), given
 as arguments or as one dict holding them. Embeddings (word + position + token type) pass LayerNorm (eps 1e-12) and
 dropout; each post-LN layer is self-attention through `jax.nn.dot_product_attention` with the padding mask (so
-the GPU can pick its fused kernel) and a GELU MLP of width 4H. Attention-probability dropout is not applied (the
-fused kernels have none); hidden-state dropout is.
+the GPU can pick its fused kernel) and a GELU MLP of width 4H. Hidden-state dropout is applied; attention-probability
+dropout (`attention_dropout_rate`, HF's attention_probs_dropout_prob) only when it is > 0 and training, through an
+explicit softmax (the fused kernels have none), so the default 0.0 and every evaluation keep the fused path.
 
 Parameters sit at the top level of every model so that grafting works by path:
   embeddings/...  layer_0 .. layer_{L-1}/...   shared by all three models
@@ -78,6 +79,7 @@ class BertLayer(nn.Module):
     intermediate_size: int
     dropout_rate: float
     dtype: Any
+    attention_dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
@@ -88,7 +90,10 @@ class BertLayer(nn.Module):
             return nn.DenseGeneral((a, h // a), dtype=self.dtype, kernel_init=_init, name=name)
 
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, A, D]
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        if train and self.attention_dropout_rate > 0:
+            y = self._attention_with_dropout(q, k, v, mask)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask)
         y = nn.DenseGeneral(h, axis=(-2, -1), dtype=self.dtype, kernel_init=_init, name="attention_out")(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="attention_norm")(x + y)
@@ -96,6 +101,14 @@ class BertLayer(nn.Module):
         y = nn.Dense(h, dtype=self.dtype, kernel_init=_init, name="output")(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         return nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="output_norm")(x + y)
+
+    def _attention_with_dropout(self, q, k, v, mask):
+        """softmax(q k^T / sqrt(D)) with dropout on the probabilities (as HF BERT), then @ v; [B, T, A, D]."""
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        probs = nn.Dropout(self.attention_dropout_rate)(probs, deterministic=False)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 def _inputs(input_ids, token_type_ids, attention_mask):
@@ -119,6 +132,7 @@ class BertEncoder(nn.Module):
     max_position: int = 512
     type_vocab_size: int = 2
     dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0    # dropout on the attention probabilities (HF attention_probs_dropout_prob)
     use_pooler: bool = True
     dtype: Any = jnp.float32               # compute dtype; params stay float32
 
@@ -135,7 +149,8 @@ class BertEncoder(nn.Module):
         layers, hidden, heads, inter = self.dims()
         self.embeddings = BertEmbeddings(self.vocab_size, hidden, self.max_position, self.type_vocab_size,
                                          self.dropout_rate, self.dtype)
-        self.layer = [BertLayer(hidden, heads, inter, self.dropout_rate, self.dtype) for _ in range(layers)]
+        self.layer = [BertLayer(hidden, heads, inter, self.dropout_rate, self.dtype, self.attention_dropout_rate)
+                      for _ in range(layers)]
         if self.use_pooler:
             self.pooler = nn.Dense(hidden, dtype=self.dtype, kernel_init=_init)
 

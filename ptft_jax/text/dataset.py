@@ -6,10 +6,14 @@ text/masking.py.
 
 The tokenizer of a run lives in WORKDIR/tokenizer/ (vocab.txt + tokenizer_config.json) and comes from, first match:
   1. WORKDIR/tokenizer/ itself (a resumed run keeps its vocabulary);
-  2. `data.vocab`: a BERT vocab.txt or a directory holding one (lower-cased by `data.lowercase`);
+  2. `data.vocab`: a BERT vocab.txt or a directory holding one, or a Hugging Face tokenizer folder (vocab.txt, or
+     tokenizer.json alone), with its own do_lower_case / strip_accents / tokenize_chinese_chars;
   3. `init_from`'s run (its WORKDIR/tokenizer/), so a fine-tuning run reuses its pretraining vocabulary;
   4. a WordPiece vocabulary of at most `data.vocab_size` tokens trained on the training texts (`data.lowercase`).
-Cases 2-4 copy it into WORKDIR/tokenizer/ and data.json records where it came from.
+Cases 2-4 copy it into WORKDIR/tokenizer/ (vocab.txt, and tokenizer_config.json recording the flags, so that a
+fine-tuning or predict run reproduces them) and data.json records where it came from. `data.lowercase` None (the
+default) means the vocabulary's own do_lower_case (True for a trained one); an explicit value contradicting the
+vocabulary's is a ConfigError.
 
 Texts are tokenised once into int32 arrays of `data.max_len` held in `Split.arrays`: classification rows are
 `[CLS] text [SEP]` or `[CLS] text [SEP] text_b [SEP]` (token type 1 for the second segment), padded
@@ -37,16 +41,34 @@ from ptft_jax.files import atomic, write_json
 from ptft_jax.metrics import is_main
 from ptft_jax.text.masking import compact, masking_for, pack
 from ptft_jax.text.sources import load_texts
-from ptft_jax.text.tokenizer import VOCAB_FILE, WordPieceTokenizer
+from ptft_jax.text.tokenizer import TOKENIZER_JSON, VOCAB_FILE, WordPieceTokenizer
 
 TOKENIZER_DIR = "tokenizer"
 TOKENIZED_DIR = "tokenized"
 EVAL_MASK_SEED = 12345
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "added_tokens", "vocab")
+
+
+def _lowercase(value):
+    """data.lowercase: None (the vocabulary's own do_lower_case; True for a trained one), or true/false given as a
+    bool or, from the command line, as text."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "false", "0", "no", "none", "null"):
+        return None if text in ("none", "null") else text in ("true", "1", "yes")
+    raise ConfigError(f"data.lowercase is {value!r}; use true, false or None (the vocabulary's own setting).")
+
+
+def _has_vocab(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, f)) for f in (VOCAB_FILE, TOKENIZER_JSON))
 
 
 def run_tokenizer(cfg, texts, workdir: str | None, init_tokenizer: str | None, log=print):
     """(tokenizer, its directory in the workdir or None, where it came from); see the module docstring.
-    `init_tokenizer`: the tokenizer folder of what `init_from` names (a run's WORKDIR/tokenizer)."""
+    `init_tokenizer`: the tokenizer folder of what `init_from` names (a run's WORKDIR/tokenizer, or a Hugging Face
+    model folder holding vocab.txt or tokenizer.json)."""
+    lowercase = _lowercase(cfg.get("lowercase"))
     own = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
     if own and os.path.isfile(os.path.join(own, VOCAB_FILE)):
         source = own
@@ -55,27 +77,29 @@ def run_tokenizer(cfg, texts, workdir: str | None, init_tokenizer: str | None, l
                 source = json.load(f).get("tokenizer_source") or own
         except (OSError, ValueError):
             pass
-        return WordPieceTokenizer.load(own), own, source
+        return WordPieceTokenizer.load(own, lowercase), own, source
     if cfg.vocab:
         path = os.path.abspath(os.path.expanduser(str(cfg.vocab)))
-        tok, source = WordPieceTokenizer.load(path, lowercase=bool(cfg.lowercase)), path
+        tok, source = WordPieceTokenizer.load(path, lowercase), path
         log(f"tokenizer: {tok.vocab_size} tokens from data.vocab {path}")
     elif init_tokenizer:
         source = init_tokenizer
-        if not os.path.isfile(os.path.join(source, VOCAB_FILE)):
+        if not _has_vocab(source):
             raise DataError(f"init_from {os.path.dirname(source)}: the run has no tokenizer ({source}/{VOCAB_FILE} "
                             f"is missing); set data.vocab to the vocab.txt it was trained with.")
-        tok = WordPieceTokenizer.load(source)
+        tok = WordPieceTokenizer.load(source, lowercase)
         log(f"tokenizer: {tok.vocab_size} tokens from the init_from run, {source}")
     else:
-        tok = WordPieceTokenizer.train(texts, vocab_size=int(cfg.vocab_size), lowercase=bool(cfg.lowercase))
+        tok = WordPieceTokenizer.train(texts, vocab_size=int(cfg.vocab_size),
+                                       lowercase=True if lowercase is None else lowercase)
         source = "trained"
         log(f"tokenizer: trained a WordPiece vocabulary of {tok.vocab_size} tokens on {len(texts)} training texts")
     if own:
-        tok.save(own)
+        tok.save(own)  # vocab.txt + tokenizer_config.json: the vocabulary and its do_lower_case, strip_accents, ...
         if source != "trained" and os.path.isdir(source) and os.path.abspath(source) != own:
-            for name in os.listdir(source):  # anything else saved with the vocabulary
-                if not os.path.exists(os.path.join(own, name)) and os.path.isfile(os.path.join(source, name)):
+            for name in os.listdir(source):  # other tokenizer files saved with the vocabulary (not model weights)
+                if name.startswith(TOKENIZER_FILE_PREFIXES) and not os.path.exists(os.path.join(own, name)) \
+                        and os.path.isfile(os.path.join(source, name)):
                     shutil.copy2(os.path.join(source, name), own)
     return tok, own, source
 
@@ -87,6 +111,8 @@ def _cache_key(cfg, kind: str, tok) -> str:
             "max_documents", "text_fields", "mask_prob", "whole_word")
     desc = {k: cfg.get(k) for k in keys}
     desc.update(task=kind, vocab=vocab, lowercase=tok.lowercase, version=1)
+    if tok.strip_accents is not None or not tok.chinese_chars:  # (absent otherwise: older caches keep their key)
+        desc.update(strip_accents=tok.strip_accents, chinese_chars=tok.chinese_chars)
     if str(cfg.source).startswith(("csv:", "jsonl:", "text:")):  # a changed file must be read again
         path = os.path.expanduser(str(cfg.source).partition(":")[2])
         files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [path]
@@ -213,7 +239,8 @@ def _tokenised(cfg, kind: str, make_arrays, workdir, init_tokenizer, log) -> Dat
     init_inputs = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in test_arrays.items() if k != "label"}
     init_inputs["attention_mask"] = np.ones_like(init_inputs["attention_mask"])
     info = {"tokenizer_dir": tok_dir, "tokenizer_source": tok_source, "max_len": int(cfg.max_len),
-            "vocab_size": tok.vocab_size, "lowercase": tok.lowercase}
+            "vocab_size": tok.vocab_size, "lowercase": tok.lowercase, "strip_accents": tok.strip_accents,
+            "tokenize_chinese_chars": tok.chinese_chars}
     ds = Dataset(name, Split(len(train_arrays["input_ids"]), arrays=train_arrays),
                  Split(len(test_arrays["input_ids"]), arrays=test_arrays), num_classes=num_classes,
                  class_names=class_names, init_inputs=init_inputs, tokenizer_info=info, tokenizer=tok)

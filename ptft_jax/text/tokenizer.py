@@ -2,7 +2,7 @@
 
     tok = WordPieceTokenizer.train(texts, vocab_size=8000, lowercase=True)
     tok.save(workdir)                                    # writes workdir/vocab.txt (+ tokenizer_config.json)
-    tok = WordPieceTokenizer.load(workdir)               # or a directory/file holding a BERT vocab.txt
+    tok = WordPieceTokenizer.load(workdir)               # or a BERT vocab.txt, or a Hugging Face tokenizer folder
     batch = tok.encode(["a sentence", ...], max_len=128)             # single sentences
     batch = tok.encode(["first", ...], ["second", ...], max_len=128)  # pairs: [CLS] A [SEP] B [SEP]
     # batch = {"input_ids", "token_type_ids", "attention_mask"}: int32 [N, max_len], padded with [PAD]
@@ -25,26 +25,65 @@ from ptft_jax.errors import ConfigError, DataError
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_JSON = "tokenizer.json"
 
 
-def _build(vocab: dict | None, lowercase: bool):
+def _build(vocab: dict | None, lowercase: bool, strip_accents: bool | None = None, chinese_chars: bool = True):
+    """BERT's pipeline, as transformers' BertTokenizer builds it from the same three flags."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100) if vocab is not None else \
         models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)
     tok = Tokenizer(model)
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
-                                                lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
+                                                strip_accents=strip_accents, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
 
 
+def _flags(folder: str) -> tuple[dict, dict | None]:
+    """(the normalisation flags a folder records, tokenizer.json's WordPiece vocabulary or None).
+    tokenizer_config.json (do_lower_case, strip_accents, tokenize_chinese_chars) first, as transformers reads it,
+    then tokenizer.json's BertNormalizer."""
+    flags, vocab = {}, None
+    tj = os.path.join(folder, TOKENIZER_JSON)
+    if os.path.isfile(tj):
+        try:
+            with open(tj, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{tj} is not readable JSON ({e}).") from None
+        model = data.get("model") or {}
+        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise DataError(f"{tj} holds a {model.get('type')} tokenizer; BERT's is WordPiece.")
+        vocab = {str(t): int(i) for t, i in model["vocab"].items()}
+        norm = data.get("normalizer") or {}
+        if norm.get("type") == "BertNormalizer":
+            flags = {"lowercase": norm.get("lowercase"), "strip_accents": norm.get("strip_accents"),
+                     "chinese_chars": norm.get("handle_chinese_chars")}
+            flags = {k: v for k, v in flags.items() if v is not None or k == "strip_accents"}
+    conf = os.path.join(folder, CONFIG_FILE)
+    if os.path.isfile(conf):
+        try:
+            with open(conf, encoding="utf-8") as f:
+                c = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{conf} is not readable JSON ({e}).") from None
+        for ours, theirs in (("lowercase", "do_lower_case"), ("strip_accents", "strip_accents"),
+                             ("chinese_chars", "tokenize_chinese_chars")):
+            if theirs in c:
+                flags[ours] = c[theirs]
+    return flags, vocab
+
+
 class WordPieceTokenizer:
     """BERT tokenisation (BertNormalizer + BertPreTokenizer + WordPiece) with [CLS]/[SEP] templates."""
 
-    def __init__(self, tokenizer, lowercase: bool = True):
+    def __init__(self, tokenizer, lowercase: bool = True, strip_accents: bool | None = None,
+                 chinese_chars: bool = True):
         from tokenizers import processors
-        self.lowercase = lowercase
+        # transformers' do_lower_case, strip_accents (None: as lowercase) and tokenize_chinese_chars
+        self.lowercase, self.strip_accents, self.chinese_chars = bool(lowercase), strip_accents, bool(chinese_chars)
         self._tok = tokenizer
         self._lock = threading.Lock()  # encode() switches padding/truncation on the shared tokenizer
         for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
@@ -88,7 +127,8 @@ class WordPieceTokenizer:
         return cls(_build(vocab, lowercase), lowercase)
 
     @classmethod
-    def from_vocab(cls, vocab_file: str, lowercase: bool = True) -> "WordPieceTokenizer":
+    def from_vocab(cls, vocab_file: str, lowercase: bool = True, strip_accents: bool | None = None,
+                   chinese_chars: bool = True) -> "WordPieceTokenizer":
         """A BERT vocab.txt (one token a line; the line number is the id)."""
         if not os.path.isfile(vocab_file):
             raise DataError(f"{vocab_file} does not exist; give a BERT vocab.txt or a directory holding one.")
@@ -99,22 +139,33 @@ class WordPieceTokenizer:
         vocab = {}
         for i, t in enumerate(tokens):
             vocab.setdefault(t, i)
-        return cls(_build(vocab, lowercase), lowercase)
+        return cls(_build(vocab, lowercase, strip_accents, chinese_chars), lowercase, strip_accents, chinese_chars)
 
     @classmethod
     def load(cls, path: str, lowercase: bool | None = None) -> "WordPieceTokenizer":
-        """From a directory written by `save` (or holding a vocab.txt), or a vocab.txt itself."""
-        vocab_file = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else path
-        if lowercase is None:
-            conf = os.path.join(os.path.dirname(vocab_file), CONFIG_FILE)
-            lowercase = True
-            if os.path.isfile(conf):
-                with open(conf, encoding="utf-8") as f:
-                    lowercase = bool(json.load(f).get("do_lower_case", True))
-        return cls.from_vocab(vocab_file, lowercase)
+        """From a directory written by `save`, a Hugging Face tokenizer folder (vocab.txt, or tokenizer.json when
+        there is no vocab.txt; the flags of tokenizer_config.json), or a vocab.txt itself.
 
-    def save(self, directory: str) -> str:
-        """Writes directory/vocab.txt (ids in order) and tokenizer_config.json; returns the vocab.txt path."""
+        `lowercase` None: the folder's own do_lower_case (True when it records none); an explicit value that
+        contradicts the folder's is a ConfigError (the vocabulary was built for the other casing)."""
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        flags, json_vocab = _flags(folder)
+        own = flags.get("lowercase")
+        if lowercase is not None and own is not None and bool(lowercase) != bool(own):
+            raise ConfigError(f"data.lowercase is {bool(lowercase)} but the vocabulary in {folder} was made with "
+                              f"do_lower_case {bool(own)}; leave data.lowercase unset to use the vocabulary's own.")
+        lowercase = bool(own if own is not None else True if lowercase is None else lowercase)
+        args = (lowercase, flags.get("strip_accents"), bool(flags.get("chinese_chars", True)))
+        vocab_file = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else path
+        if os.path.isdir(path) and not os.path.isfile(vocab_file) and json_vocab is not None:
+            return cls(_build(json_vocab, *args), *args)
+        if os.path.isdir(path) and not os.path.isfile(vocab_file):
+            raise DataError(f"{path} holds no vocabulary: neither {VOCAB_FILE} nor {TOKENIZER_JSON}.")
+        return cls.from_vocab(vocab_file, *args)
+
+    def save(self, directory: str, model_max_length: int | None = None) -> str:
+        """Writes directory/vocab.txt (ids in order) and tokenizer_config.json (the flags, under transformers'
+        names, so that AutoTokenizer loads the folder alike); returns the vocab.txt path."""
         os.makedirs(directory, exist_ok=True)
         vocab = self._tok.get_vocab(with_added_tokens=True)
         by_id = sorted(vocab.items(), key=lambda kv: kv[1])
@@ -125,8 +176,14 @@ class WordPieceTokenizer:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t, _ in by_id)
         os.replace(tmp, path)
+        conf = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase,
+                "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.chinese_chars,
+                "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]", "vocab_size": len(by_id), "model": "WordPiece"}
+        if model_max_length:
+            conf["model_max_length"] = int(model_max_length)
         with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump({"do_lower_case": self.lowercase, "vocab_size": len(by_id), "model": "WordPiece"}, f, indent=1)
+            json.dump(conf, f, indent=1)
         return path
 
     # ---- vocabulary -----------------------------------------------------------------------------------------
