@@ -180,7 +180,8 @@ def read(folder: str) -> Imported:
     missing = [k for k, _, _ in rows if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not the state_dict of a BERT with config.json's {layers} layers: it lacks "
-                              f"{', '.join(missing[:3])}{f' and {len(missing) - 3} more keys' if len(missing) > 3 else ''}"
+                              f"{', '.join(missing[:3])}"
+                              f"{f' and {len(missing) - 3} more keys' if len(missing) > 3 else ''}"
                               f" (it has e.g. {', '.join(sorted(raw)[:3])}).")
     params, used = {}, set()
     for key, ours, how in rows:

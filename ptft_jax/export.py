@@ -1,0 +1,88 @@
+"""A ptft_jax run in a published format: `python -m ptft_jax.export WORKDIR hf:DIR | torch:FILE.safetensors`.
+
+  hf:DIR       a BERT run (a `bert` classifier, or `bert_mlm`) as a transformers folder: config.json,
+               model.safetensors and the tokenizer, loaded by `AutoModelForSequenceClassification` /
+               `BertForMaskedLM` and `AutoTokenizer.from_pretrained(DIR)`
+  torch:FILE   a ResNet run (ImageNet stem) as a state_dict that `torchvision.models.resnetN(num_classes=K)
+               .load_state_dict` accepts
+The latest checkpoint is exported (`--step` for another). The inverse is `python -m ptft_jax.convert`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ptft_jax import models
+from ptft_jax.checkpoint import Checkpoints
+from ptft_jax.errors import CheckpointError, UserError
+from ptft_jax.interop import hf_bert, torch_resnet
+
+
+def _read_run(workdir: str):
+    paths = [os.path.join(workdir, name) for name in ("config.json", "data.json")]
+    if not all(os.path.exists(p) for p in paths):
+        raise CheckpointError(f"{workdir} is not a ptft_jax run (no config.json/data.json); pass a run's workdir.")
+    config, info = (json.load(open(p)) for p in paths)
+    return config, info
+
+
+def bert_fields(model_cfg: dict) -> dict:
+    """A BERT config's sizes spelt out (a run may name a preset size)."""
+    m = models.build(model_cfg, model_cfg.get("num_classes") or 2, vocab_size=model_cfg.get("vocab_size"))
+    layers, hidden, heads, inter = m.dims()
+    return {"num_layers": layers, "hidden_size": hidden, "num_heads": heads, "intermediate_size": inter,
+            "vocab_size": m.vocab_size, "max_position": m.max_position, "type_vocab_size": m.type_vocab_size,
+            "dropout_rate": m.dropout_rate, "attention_dropout_rate": getattr(m, "attention_dropout_rate", 0.0)}
+
+
+def export(workdir: str, dest: str, step: int | None = None, log=print) -> str:
+    kind, _, path = dest.partition(":")
+    if kind not in ("hf", "torch") or not path:
+        raise UserError(f"{dest} is not hf:DIR or torch:FILE; name the format with one of those prefixes.")
+    config, info = _read_run(workdir)
+    ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
+    try:
+        step = step if step is not None else ck.latest_step()
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {workdir}/checkpoints; train first.")
+        raw = ck.restore_raw(step)
+    finally:
+        ck.close()
+    variables = {"params": raw["params"], **(raw.get("model_state") or {})}
+    model_cfg = dict(config["model"])
+    name = model_cfg.get("name")
+    path = os.path.abspath(os.path.expanduser(path))
+    if kind == "hf":
+        if name not in ("bert", "bert_mlm"):
+            raise UserError(f"{workdir} is a {name} run; hf: exports BERT runs (torch: exports ResNets).")
+        fields = bert_fields({**model_cfg, "vocab_size": model_cfg.get("vocab_size") or info.get("vocab_size"),
+                              "num_classes": info["num_classes"] if name == "bert" else None})
+        hf_bert.write(path, variables, fields, info.get("tokenizer_dir"),
+                      kind="classifier" if name == "bert" else "mlm", class_names=info.get("class_names"))
+    else:
+        if not str(name).startswith("resnet") or model_cfg.get("stem", "imagenet") != "imagenet":
+            raise UserError(f"{workdir} is a {name} run with the {model_cfg.get('stem', '?')} stem; torch: exports "
+                            f"ResNets with the ImageNet stem, which is what torchvision builds.")
+        torch_resnet.write(path, variables, {"name": name, "width": model_cfg.get("width", 64), "stem": "imagenet"})
+    log(f"exported {workdir} (step {step}) to {dest}")
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="a ptft_jax run")
+    parser.add_argument("dest", help="hf:DIR or torch:FILE.safetensors")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint to export (default: the latest)")
+    args = parser.parse_args(argv)
+    try:
+        export(args.workdir, args.dest, args.step)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
