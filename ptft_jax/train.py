@@ -54,13 +54,13 @@ class Run:
 
 def build_run(config, workdir: str, log=print) -> Run:
     config = validate(config)
+    init_from = InitFrom.parse(config.init_from, config.init_step) if config.init_from else None
     workdir = _make_workdir(workdir)
     d, t = config.data, config.train
     compile_cache.enable(t.compile_cache)
     par = Parallel()
     par.check_batch(d.batch_size)
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
-    init_from = InitFrom.parse(config.init_from, config.init_step) if config.init_from else None
     if init_from is not None and init_from.model:
         config = _published_model(config, init_from, log)
     task = tasks.from_config(config)
