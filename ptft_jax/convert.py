@@ -19,7 +19,7 @@ import numpy as np
 from ptft_jax import models, optim, tasks
 from ptft_jax.checkpoint import Checkpoints, Published
 from ptft_jax.config import defaults, to_json, validate
-from ptft_jax.errors import CheckpointError, UserError
+from ptft_jax.errors import CheckpointError, UserError, main_exit_code
 from ptft_jax.files import write_json, write_text
 from ptft_jax.graft import graft
 from ptft_jax.interop import torch_resnet
@@ -103,12 +103,7 @@ def main(argv=None):
     parser.add_argument("src", help="hf:DIR (a transformers BERT folder) or torch:FILE (a ResNet state_dict)")
     parser.add_argument("workdir", help="a new folder for the run")
     args = parser.parse_args(argv)
-    try:
-        convert(args.src, args.workdir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return main_exit_code(convert, args.src, args.workdir)
 
 
 if __name__ == "__main__":

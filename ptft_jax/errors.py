@@ -30,3 +30,15 @@ class Interrupted(UserError):
     def __init__(self, message: str, signum: int = 15):
         super().__init__(message)
         self.signum = signum
+
+
+def main_exit_code(run, *args) -> int:
+    """For a module's command line (`python -m ptft_jax.convert`, ...): `run(*args)`, a UserError printed as one
+    'error:' line and exit status 2, else 0."""
+    import sys
+    try:
+        run(*args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

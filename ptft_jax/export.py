@@ -16,7 +16,7 @@ import sys
 
 from ptft_jax import models
 from ptft_jax.checkpoint import Checkpoints
-from ptft_jax.errors import CheckpointError, UserError
+from ptft_jax.errors import CheckpointError, UserError, main_exit_code
 from ptft_jax.interop import hf_bert, torch_resnet
 
 
@@ -76,12 +76,7 @@ def main(argv=None):
     parser.add_argument("dest", help="hf:DIR or torch:FILE.safetensors")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint to export (default: the latest)")
     args = parser.parse_args(argv)
-    try:
-        export(args.workdir, args.dest, args.step)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return main_exit_code(export, args.workdir, args.dest, args.step)
 
 
 if __name__ == "__main__":
