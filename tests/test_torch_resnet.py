@@ -164,3 +164,41 @@ def test_write_refuses_pth_and_other_models(tmp_path):
 def test_constants():
     assert torch_resnet.IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert torch_resnet.IMAGENET_STD == (0.229, 0.224, 0.225)
+
+
+def test_bn_unbiased_var_matches_torch_running_stats():
+    """torch BatchNorm2d(momentum=0.1) after two training batches (bn_stats.npz) against ours (momentum 0.9)."""
+    from ptft_jax.models.resnet import BatchNorm
+    ref = np.load(os.path.join(FIX, "bn_stats.npz"))
+    xs = ref["x"].transpose(0, 1, 3, 4, 2)  # [batches, N, C, H, W] -> [batches, N, H, W, C]
+    got = {}
+    for unbiased in (True, False):
+        bn = BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, unbiased_var=unbiased)
+        variables = bn.init(jax.random.PRNGKey(0), xs[0])
+        for x in xs:
+            y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+            variables = {**variables, **updates}
+            # normalised with the biased batch variance either way
+            biased = x.var(axis=(0, 1, 2))
+            np.testing.assert_allclose(y, (x - x.mean(axis=(0, 1, 2))) / np.sqrt(biased + 1e-5), atol=1e-5)
+        got[unbiased] = variables["batch_stats"]
+    np.testing.assert_allclose(got[True]["mean"], ref["mean"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[True]["var"], ref["var"], rtol=1e-6, atol=1e-6)
+    assert np.abs(got[False]["var"] - ref["var"]).max() > 1e-3  # the default keeps flax's biased variance
+
+
+def test_bn_unbiased_var_reaches_every_resnet_norm():
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    out = {}
+    for unbiased in (True, False):
+        model = models.build({"name": "resnet18", "width": 2, "bn_unbiased_var": unbiased}, 3)
+        variables = model.init(jax.random.PRNGKey(0), x)
+        out[unbiased] = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out[True][0], out[False][0], atol=1e-5)  # the same forward pass
+    stats_t, stats_f = (flax.traverse_util.flatten_dict(out[u][1]["batch_stats"]) for u in (True, False))
+    n_stem = 2 * 16 * 16  # the stem BatchNorm sees [2, 16, 16, C] (7x7/2 conv of 32x32)
+    ratio = (stats_t[("stem_bn", "var")] - 0.9) / (stats_f[("stem_bn", "var")] - 0.9)
+    np.testing.assert_allclose(ratio, n_stem / (n_stem - 1), rtol=1e-4)
+    n_last = 2 * 1 * 1  # the last block's BatchNorms see [2, 1, 1, C]: n / (n - 1) = 2
+    last = ("block_7", "BatchNorm_1", "var")
+    np.testing.assert_allclose((stats_t[last] - 0.9) / (stats_f[last] - 0.9), n_last / (n_last - 1), rtol=1e-4)

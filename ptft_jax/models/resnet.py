@@ -25,10 +25,30 @@ def conv_init(key, shape, dtype=jnp.float32):
     return (jax.random.normal(key, (math.prod(shape),), dtype) * math.sqrt(2.0 / fan_out)).reshape(shape)
 
 
-def _layers(dtype, train: bool):
+class BatchNorm(nn.BatchNorm):
+    """flax's BatchNorm (same name, so the tree keeps `BatchNorm_i`), optionally keeping torch's running variance:
+    with `unbiased_var` the running variance is updated with the unbiased batch variance (n / (n - 1) times the
+    biased one, n the values per channel) while the batch is normalised with the biased one, as torch does."""
+    unbiased_var: bool = False
+
+    @nn.compact
+    def __call__(self, x, use_running_average=None, **kwargs):
+        training = not nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        correct = self.unbiased_var and training and not self.is_initializing()
+        old = self.get_variable("batch_stats", "var") if correct else None
+        y = super().__call__(x, use_running_average=use_running_average, **kwargs)
+        if correct:
+            n = math.prod(x.shape[:-1])
+            new = self.get_variable("batch_stats", "var")  # momentum * old + (1 - momentum) * biased
+            self.put_variable("batch_stats", "var", self.momentum * old + (new - self.momentum * old) * (n / (n - 1)))
+        return y
+
+
+def _layers(dtype, train: bool, unbiased_var: bool = False):
     """The conv (no bias, He fan-out init) and BatchNorm (momentum 0.9, eps 1e-5) every ResNet layer uses."""
     conv = partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_init)
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    norm = partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                   unbiased_var=unbiased_var)
     return conv, norm
 
 
@@ -37,10 +57,11 @@ class BasicBlock(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     zero_init_residual: bool = False
+    bn_unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv, norm = _layers(self.dtype, train)
+        conv, norm = _layers(self.dtype, train, self.bn_unbiased_var)
         y = conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
         y = nn.relu(norm()(y))
         y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
@@ -53,10 +74,11 @@ class Bottleneck(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     zero_init_residual: bool = False
+    bn_unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv, norm = _layers(self.dtype, train)
+        conv, norm = _layers(self.dtype, train, self.bn_unbiased_var)
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = nn.relu(norm()(conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(y)))
         y = conv(self.filters * 4, (1, 1))(y)
@@ -79,6 +101,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"            # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv, no pool)
     zero_init_residual: bool = False  # the last BatchNorm scale of each residual branch starts at 0
     dtype: Any = jnp.float32          # compute dtype; params stay float32
+    bn_unbiased_var: bool = False     # running variance from the unbiased batch variance, as torch keeps it
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -88,7 +111,7 @@ class ResNet(nn.Module):
             raise ConfigError(f"model.stem {self.stem!r} is not one of: imagenet, cifar.")
         block = BasicBlock if self.block == "basic" else Bottleneck
         k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
-        conv, norm = _layers(self.dtype, train)
+        conv, norm = _layers(self.dtype, train, self.bn_unbiased_var)
         x = conv(self.width, (k, k), stride, padding=((k // 2, k // 2),) * 2, name="stem_conv")(x.astype(self.dtype))
         x = norm(name="stem_bn")(x)
         x = nn.relu(x)
@@ -99,7 +122,7 @@ class ResNet(nn.Module):
             for i in range(size):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = block(self.width * 2 ** stage, strides, self.dtype, self.zero_init_residual,
-                          name=f"block_{n}")(x, train)
+                          bn_unbiased_var=self.bn_unbiased_var, name=f"block_{n}")(x, train)
                 n += 1
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
