@@ -1,7 +1,7 @@
 """Fine-tune a published ImageNet ResNet (a torchvision or timm ResNet-18/34/50/101 state_dict: .safetensors, .pth
 or .pt) on your folder of images. The depth and width come from the file; torchvision's views: random-resized
 224 crops + flips for training, resize 256 + centre crop 224 for evaluation, ImageNet normalisation; SGD momentum
-0.9, lr 0.01, cosine, 20 epochs.
+0.9, lr 0.01, cosine, 20 epochs; BatchNorm's running variance updated as torch does it (unbiased).
 
     wget https://download.pytorch.org/models/resnet50-11ad3fa6.pth -P weights/   # once, where there is network
     python launch.py --config=configs/torchvision_resnet_finetune.py --workdir=runs/pets_tv \\
@@ -17,7 +17,7 @@ GRAFT = [("head/.*", "load_if_fits"), (".*", "load")]
 
 def get_config():
     c = defaults()
-    c.model = dict(name="resnet50", stem="imagenet", dtype="bfloat16")  # depth and width: the file's
+    c.model = dict(name="resnet50", stem="imagenet", dtype="bfloat16", bn_unbiased_var=True)  # depth, width: the file's
     c.data.source = "folder:PATH/TO/IMAGES"  # replace: --config.data.source=folder:/your/images
     c.data.mean = (0.485, 0.456, 0.406)
     c.data.std = (0.229, 0.224, 0.225)
