@@ -8,7 +8,7 @@ import dataclasses
 class Imported:
     """Weights from a published format, in ptft_jax's layout, ready to graft."""
     variables: dict                  # {"params": {...}[, "batch_stats": {...}]}: nested dicts of NumPy arrays
-    model: dict                      # the config.model fields the weights fix (sizes, depth; not "name")
+    model: dict                      # the config.model fields the weights fix (sizes; a ResNet also its "name")
     source: str                      # the weights file read
     sha256: str                      # of that file
     kind: str                        # bert | bert_classifier | bert_mlm | bert_pretraining | resnet
