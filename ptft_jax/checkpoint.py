@@ -9,6 +9,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ptft_jax.errors import CheckpointError
+from ptft_jax.interop import hf_bert, torch_resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,6 @@ class Published:
     @property
     def imported(self):
         if self._imported is None:
-            from ptft_jax.interop import hf_bert, torch_resnet  # the readers of the published formats
             self._imported = (hf_bert if self.kind == "hf" else torch_resnet).read(self.path)
         return self._imported
 

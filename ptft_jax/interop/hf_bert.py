@@ -21,6 +21,7 @@ import numpy as np
 from ptft_jax.errors import CheckpointError, ConfigError
 from ptft_jax.interop.imported import Imported
 from ptft_jax.interop.state_dict import read_state_dict, sha256
+from ptft_jax.text.tokenizer import WordPieceTokenizer
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -243,7 +244,6 @@ def write(out_dir: str, variables: dict, model: dict, tokenizer_dir: str | None,
     "mlm", AutoTokenizer): model.safetensors, config.json and the tokenizer files. Returns out_dir."""
     from safetensors.numpy import save_file
 
-    from ptft_jax.text.tokenizer import WordPieceTokenizer
     if kind not in _ARCH:
         raise ConfigError.choice("kind", kind, _ARCH)
     params = variables.get("params", variables)

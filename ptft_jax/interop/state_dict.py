@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -79,7 +80,6 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _safetensors_header(path: str):
-    import json
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return 8 + n, json.loads(f.read(n))
