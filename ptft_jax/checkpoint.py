@@ -101,7 +101,12 @@ class Published:
 
     @property
     def model(self) -> dict:
-        return dict(self.imported.model)
+        """The config.model fields the weights fix; torch weights also ask for torch's BatchNorm running-variance
+        update (bn_unbiased_var), which a config may turn off."""
+        model = dict(self.imported.model)
+        if self.kind == "torch":
+            model.setdefault("bn_unbiased_var", True)
+        return model
 
     @property
     def sha256(self) -> str:

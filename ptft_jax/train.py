@@ -78,7 +78,7 @@ def build_run(config, workdir: str, log=print) -> Run:
 
 
 # Published weights fix the architecture; these they only suggest (a fine-tuning run may choose its own).
-_OWN_CHOICE = ("dropout_rate", "attention_dropout_rate")
+_OWN_CHOICE = ("dropout_rate", "attention_dropout_rate", "bn_unbiased_var")
 
 
 def _published_model(config, init_from, log):

@@ -118,4 +118,4 @@ def test_finetune_from_a_torchvision_state_dict_grafts_batch_stats_and_a_new_hea
     assert actions["params/head/kernel"] == "init" and actions["batch_stats/stem_bn/mean"] == "load"
     assert report["file_sha256"] == sha256(RESNET18)
     saved = read_json(tmp_path / "ft" / "config.json")["model"]
-    assert (saved["name"], saved["width"]) == ("resnet18", 4)
+    assert (saved["name"], saved["width"], saved["bn_unbiased_var"]) == ("resnet18", 4, True)
