@@ -179,7 +179,7 @@ class WordPieceTokenizer:
         conf = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase,
                 "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.chinese_chars,
                 "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                "mask_token": "[MASK]", "vocab_size": len(by_id), "model": "WordPiece"}
+                "mask_token": "[MASK]"}  # no "vocab_size" or "model": transformers takes them as attributes
         if model_max_length:
             conf["model_max_length"] = int(model_max_length)
         with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
