@@ -10,7 +10,6 @@ The latest checkpoint is exported (`--step` for another). The inverse is `python
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -18,14 +17,7 @@ from ptft_jax import models
 from ptft_jax.checkpoint import Checkpoints
 from ptft_jax.errors import CheckpointError, UserError, main_exit_code
 from ptft_jax.interop import hf_bert, torch_resnet
-
-
-def _read_run(workdir: str):
-    paths = [os.path.join(workdir, name) for name in ("config.json", "data.json")]
-    if not all(os.path.exists(p) for p in paths):
-        raise CheckpointError(f"{workdir} is not a ptft_jax run (no config.json/data.json); pass a run's workdir.")
-    config, info = (json.load(open(p)) for p in paths)
-    return config, info
+from ptft_jax.predict import read_run
 
 
 def bert_fields(model_cfg: dict) -> dict:
@@ -41,7 +33,7 @@ def export(workdir: str, dest: str, step: int | None = None, log=print) -> str:
     kind, _, path = dest.partition(":")
     if kind not in ("hf", "torch") or not path:
         raise UserError(f"{dest} is not hf:DIR or torch:FILE; name the format with one of those prefixes.")
-    config, info = _read_run(workdir)
+    info, config = read_run(workdir)
     ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
     try:
         step = step if step is not None else ck.latest_step()

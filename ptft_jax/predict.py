@@ -13,7 +13,8 @@ from ptft_jax.errors import CheckpointError
 from ptft_jax.step import make_predict_fn
 
 
-def _read_run(workdir: str) -> tuple[dict, dict]:
+def read_run(workdir: str) -> tuple[dict, dict]:
+    """(data.json, config.json) of a run, or a CheckpointError when `workdir` is not one."""
     info_path, config_path = os.path.join(workdir, "data.json"), os.path.join(workdir, "config.json")
     if not (os.path.exists(info_path) and os.path.exists(config_path)):
         raise CheckpointError(f"{workdir} is not a ptft_jax run (no config.json/data.json); pass a run's workdir.")
@@ -30,7 +31,7 @@ def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
     Images: uint8 [N,H,W,C] or [H,W,C], floats in [0, 1], or the path of an .npz (array `x`), an .npy, an image file
     or a folder of images. A text classifier: a string, a list of strings, a list of (text, text_b) sentence pairs,
     the path of a UTF-8 file holding one text a line, or of a .jsonl file of {"text"[, "text_b"]} objects."""
-    info, config = _read_run(workdir)
+    info, config = read_run(workdir)
     task = tasks.from_info(info)
     batch = task.predict_batch(inputs, info)
     raw = _restore(workdir, step)
@@ -42,7 +43,7 @@ def predict(workdir: str, inputs, step: int | None = None) -> np.ndarray:
 def print_jsonl(workdir: str, inputs, print_fn=print):
     """One JSON line per input: {"index", "class", "probabilities"} (class names where the run has them)."""
     probs = predict(workdir, inputs)
-    names = _read_run(workdir)[0].get("class_names")
+    names = read_run(workdir)[0].get("class_names")
     for i, p in enumerate(probs):
         k = int(p.argmax())
         print_fn(json.dumps({"index": i, "class": names[k] if names else k,

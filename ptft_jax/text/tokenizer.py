@@ -41,6 +41,14 @@ def _build(vocab: dict | None, lowercase: bool, strip_accents: bool | None = Non
     return tok
 
 
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not readable JSON ({e}).") from None
+
+
 def _flags(folder: str) -> tuple[dict, dict | None]:
     """(the normalisation flags a folder records, tokenizer.json's WordPiece vocabulary or None).
     tokenizer_config.json (do_lower_case, strip_accents, tokenize_chinese_chars) first, as transformers reads it,
@@ -48,11 +56,7 @@ def _flags(folder: str) -> tuple[dict, dict | None]:
     flags, vocab = {}, None
     tj = os.path.join(folder, TOKENIZER_JSON)
     if os.path.isfile(tj):
-        try:
-            with open(tj, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{tj} is not readable JSON ({e}).") from None
+        data = _read_json(tj)
         model = data.get("model") or {}
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
             raise DataError(f"{tj} holds a {model.get('type')} tokenizer; BERT's is WordPiece.")
@@ -64,11 +68,7 @@ def _flags(folder: str) -> tuple[dict, dict | None]:
             flags = {k: v for k, v in flags.items() if v is not None or k == "strip_accents"}
     conf = os.path.join(folder, CONFIG_FILE)
     if os.path.isfile(conf):
-        try:
-            with open(conf, encoding="utf-8") as f:
-                c = json.load(f)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{conf} is not readable JSON ({e}).") from None
+        c = _read_json(conf)
         for ours, theirs in (("lowercase", "do_lower_case"), ("strip_accents", "strip_accents"),
                              ("chinese_chars", "tokenize_chinese_chars")):
             if theirs in c:
