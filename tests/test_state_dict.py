@@ -69,3 +69,18 @@ def test_missing_and_foreign(tmp_path):
 def test_sha256(tmp_path):
     (tmp_path / "a").write_bytes(b"abc")
     assert sha256(str(tmp_path / "a")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
+    """A file whose storages are shorter than its tensors say (crafted or cut) is refused before as_strided reads
+    memory outside the storage."""
+    import zipfile
+    bad = tmp_path / "short.pth"
+    with zipfile.ZipFile(os.path.join(FIX, "sd_tiny.pth")) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if "/data/" in item.filename and len(data) > 8:
+                data = data[:4]
+            dst.writestr(item, data)
+    with pytest.raises(CheckpointError, match="reaches element"):
+        read_state_dict(str(bad))

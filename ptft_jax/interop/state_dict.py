@@ -169,6 +169,12 @@ def _array(z, prefix, storage, offset, size, stride):
     else:
         flat = np.frombuffer(raw, dtype)
     itemsize = flat.dtype.itemsize
+    # Checked before as_strided, which reads wherever it is told: a crafted file could point past its storage.
+    if any(n < 0 for n in size) or any(s < 0 for s in stride) or len(size) != len(stride) or offset < 0:
+        raise ValueError(f"tensor {storage.key} has a negative or mismatched size / stride / offset")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= len(flat):
+        raise ValueError(f"tensor {storage.key} reaches element {last} of a storage of {len(flat)}")
     if not size:
         return np.array(flat[offset])  # a 0-d array, not a NumPy scalar
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=[s * itemsize for s in stride])
