@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import time
 
 import jax
@@ -18,13 +20,13 @@ class InitFrom:
     checkpoint step directory) and `init_step`, parsed once."""
     path: str          # as given, made absolute
     directory: str     # the Orbax checkpoints folder
-    step: int | None   # the step asked for (a step directory's own, or init_step); None: the latest
+    step: int | None   # the step asked for (a step directory's own, or init_step); None: the latest (or best)
 
     @property
     def workdir(self) -> str:
         """The pretraining run's workdir."""
         parent, base = os.path.split(self.directory)
-        return parent if base == "checkpoints" else self.directory
+        return parent if base in ("checkpoints", "best") else self.directory
 
     @property
     def tokenizer_dir(self) -> str:
@@ -42,6 +44,11 @@ class InitFrom:
         if not os.path.exists(path):
             raise CheckpointError(f"init_from {path} does not exist; point it at a pretraining run's workdir.")
         base = os.path.basename(path)
+        if step == "best":  # the run's train.keep_best checkpoint, in WORKDIR/best
+            if not os.path.isdir(os.path.join(path, "best")):
+                raise CheckpointError(f"init_step=best, but {path} has no best checkpoint (WORKDIR/best: the run did "
+                                      f"not set train.keep_best); leave init_step unset for its latest checkpoint.")
+            return cls(path, os.path.join(path, "best"), None)
         if os.path.isdir(os.path.join(path, "checkpoints")):
             return cls(path, os.path.join(path, "checkpoints"), step)
         if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
@@ -133,8 +140,14 @@ def load_checkpoint(path: str, step: int | None = None):
 
 
 class Checkpoints:
-    def __init__(self, directory: str, keep: int = 3, create: bool = True):
+    """An Orbax CheckpointManager of TrainStates. `config` (a dict) is stored in every step's metadata, so that a
+    run whose config.json is damaged can still be checked and resumed."""
+
+    def __init__(self, directory: str, keep: int = 3, create: bool = True, config: dict | None = None):
         self.directory = os.path.abspath(directory)
+        self.config = config
+        self.last_step = None  # the step of the newest save asked for (named when a background save fails)
+        _quiet_storage_tracebacks()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                             item_handlers={"state": ocp.StandardCheckpointHandler()})
@@ -146,15 +159,27 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, force: bool = False) -> bool:
+        self.last_step = int(step)
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                                     force=force)
-        except OSError as e:
+                                     force=force, custom_metadata={"config": self.config} if self.config else None)
+        except Exception as e:  # noqa: BLE001 - filtered by _io_failure, the rest re-raised
+            if not _io_failure(e):
+                raise
             raise self._save_error(step, e) from e
 
     def _save_error(self, step, e) -> CheckpointError:
-        return CheckpointError(f"Saving the checkpoint of step {step} in {self.directory} failed ({e.strerror or e}); "
+        cause = getattr(e, "strerror", None) or _storage_cause(str(e))
+        return CheckpointError(f"Saving the checkpoint of step {step} in {self.directory} failed ({cause}); "
                                f"the earlier checkpoints are intact: free space or fix the folder, then rerun.")
+
+    def saved_config(self, step: int) -> dict | None:
+        """The config stored with a step (None for checkpoints written before configs were stored)."""
+        try:
+            custom = self.manager.metadata(step).custom_metadata or {}
+        except Exception:  # noqa: BLE001 - a damaged step's metadata: no copy to offer
+            return None
+        return custom.get("config")
 
     def restore(self, step: int, target):
         """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin)."""
@@ -202,8 +227,41 @@ class Checkpoints:
     def wait(self):
         try:
             self.manager.wait_until_finished()
-        except OSError as e:
-            raise self._save_error(self.latest_step(), e) from e
+        except Exception as e:  # noqa: BLE001 - filtered by _io_failure, the rest re-raised
+            if not _io_failure(e):
+                raise
+            raise self._save_error(self.last_step, e) from e
 
     def close(self):
         self.manager.close()
+
+
+def _io_failure(e: BaseException) -> bool:
+    """Whether a save failed on the storage (a full disk, a read-only or vanished folder): an OSError, or the
+    ValueError / RuntimeError that Orbax's TensorStore layer raises for one (`RESOURCE_EXHAUSTED`, `Errno`)."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e)
+    return isinstance(e, (ValueError, RuntimeError)) and any(k in text for k in (
+        "RESOURCE_EXHAUSTED", "No space left", "Errno", "os_error_code", "PERMISSION_DENIED", "Read-only"))
+
+
+def _storage_cause(text: str) -> str:
+    """'File too large' out of TensorStore's 'OUT_OF_RANGE: Error writing ... : File too large [os_error_code=27]'."""
+    m = re.search(r":\s*([^:\[]+?)\s*\[os_error_code", text)
+    return m.group(1) if m else text.splitlines()[0][:160]
+
+
+class _StorageErrorFilter(logging.Filter):
+    """Drops Orbax's own traceback of a background save that failed on the storage: the loop reports that failure
+    as one sentence (Checkpoints.wait); every other record passes."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "orbax" in record.pathname and _io_failure(exc))
+
+
+def _quiet_storage_tracebacks():
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _StorageErrorFilter) for f in logger.filters):
+        logger.addFilter(_StorageErrorFilter())

@@ -44,6 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
         batch_size=128,          # global batch, split over every device of every process
         eval_batch_size=500,
         test_fraction=0.2,       # embedded sets: stratified split, seeded by split_seed
+        val_fraction=None,       # carve a validation split out of the training split (stratified, seeded by
+                                 # split_seed): evaluations during training run on it, the test split once at the end
+        val_split=None,          # TFDS: the validation split instead, e.g. "train[90%:]" (with train_split
+                                 # "train[:90%]")
         split_seed=0,
         train_split="train",     # TFDS split names
         test_split="test",
@@ -100,6 +104,11 @@ def defaults() -> ml_collections.ConfigDict:
         checkpoint_every=None,   # steps between checkpoints; None: once per epoch, but not within
         checkpoint_min_secs=60,  # this many seconds of the last save (the last step and a stop signal always save)
         keep=3,                  # checkpoints kept
+        keep_best=None,          # also keep the best checkpoint by a validation metric in WORKDIR/best:
+                                 # "val/accuracy" (higher is better), "val/loss" (lower), ":max" / ":min" to say
+                                 # which; the final test evaluation is then of that checkpoint (init_step="best")
+        early_stop=None,         # stop after this many validation evaluations without improvement (of keep_best's
+                                 # metric, else val/accuracy)
         steps_per_call=None,     # steps per jitted call; None: up to log_every, at most 256 MB of host batches
                                  # (1 for conv nets on CPU)
         label_smoothing=0.0,     # training loss targets: (1 - x) one-hot + x / classes
@@ -109,7 +118,7 @@ def defaults() -> ml_collections.ConfigDict:
                                  # ~/.cache/ptft_jax/xla on GPU/TPU, off on CPU; "": off (compile_cache.py)
     ))
     c.init_from = None           # fine-tuning: a pretrained run's workdir or one of its checkpoint step dirs
-    c.init_step = None           # with a workdir in init_from: which step (default: latest)
+    c.init_step = None           # with a workdir in init_from: which step (default: latest; "best": its keep_best)
     c.graft = None               # fine-tuning: [(regex, "load"|"init"|"zero"), ...]; default: all but head load
     c.finetune = ml_collections.ConfigDict(dict(
         strategy="full",         # full | linear_probe
@@ -147,7 +156,30 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                      "data.max_len {value} leaves no room for text after [CLS] and [SEP]; use e.g. 128."),
     "data.max_documents": (lambda v: v is None or (_number(v) and v >= 1),
                            "data.max_documents {value} must be at least 1 (or None for every document)."),
+    "data.val_fraction": (lambda v: v is None or (_number(v) and 0 < v < 1),
+                          "data.val_fraction {value} must be between 0 and 1 (e.g. 0.1), or None for no validation "
+                          "split."),
+    "train.early_stop": (lambda v: v is None or (_number(v) and v >= 1 and float(v).is_integer()),
+                         "train.early_stop {value} must be a whole number of evaluations, at least 1 (or None)."),
+    "train.keep_best": (lambda v: v is None or (isinstance(v, str) and selection(v) is not None),
+                        "train.keep_best {value!r} is not a validation metric; write val/accuracy, val/loss, "
+                        "val/f1 or val/macro_f1, optionally with :max or :min."),
+    "init_step": (lambda v: v is None or v == "best" or (_number(v) and v >= 0 and float(v).is_integer()),
+                  "init_step {value!r} must be a checkpoint step (a whole number) or \"best\"."),
 }
+
+SELECTABLE = ("accuracy", "loss", "f1", "macro_f1")  # the metrics an evaluation logs
+
+
+def selection(spec: str | None) -> tuple[str, str] | None:
+    """"val/accuracy" -> ("accuracy", "max"), "val/loss" -> ("loss", "min"), "val/loss:max" -> ("loss", "max");
+    None when `spec` names no validation metric."""
+    spec = spec or "val/accuracy"
+    name, _, mode = spec.partition(":")
+    split, _, metric = name.partition("/")
+    if split != "val" or metric not in SELECTABLE or mode not in ("", "min", "max"):
+        return None
+    return metric, mode or ("min" if metric == "loss" else "max")
 
 
 def flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -297,6 +329,16 @@ def _check_values(config):
     for key, (holds, message) in RANGES.items():
         if not holds(flat[key]):
             raise ConfigError(message.format(value=flat[key]))
+    d, t = config.data, config.train
+    if (t.keep_best or t.early_stop) and not (d.val_fraction or d.val_split):
+        key = "train.keep_best" if t.keep_best else "train.early_stop"
+        raise ConfigError(f"{key} selects on a validation split, and this config has none: set data.val_fraction "
+                          f"(e.g. 0.1) or, for TFDS, data.val_split.")
+    if d.val_split and not str(d.source).startswith("tfds:"):
+        raise ConfigError(f"data.val_split names a TFDS split, and data.source {d.source} is not TFDS; use "
+                          f"data.val_fraction (e.g. 0.1) to carve a validation split out of the training data.")
+    if d.val_fraction and d.val_split:
+        raise ConfigError("data.val_fraction and data.val_split both name a validation split; set one of them.")
     if config.data.augment == "inception_crop" and not config.data.image_size:
         raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
     if config.graft is not None:

@@ -55,6 +55,7 @@ class Dataset:
     init_inputs: dict | None = None     # text: a [1, T] batch of model inputs (for init)
     tokenizer_info: dict | None = None  # text: tokenizer_dir, tokenizer_source, max_len, vocab_size, lowercase
     tokenizer: Any = None               # text: the WordPieceTokenizer
+    val: Split | None = None            # the validation split (data.val_fraction / data.val_split), if any
 
     @property
     def image_shape(self):
@@ -92,6 +93,41 @@ def stratified_split(x, y, test_fraction: float, seed: int):
     from sklearn.model_selection import train_test_split
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return (xtr, ytr), (xte, yte)
+
+
+def carve_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """`ds` with `fraction` of its training split moved to `ds.val`: stratified by label where there are labels,
+    seeded by `seed`, each part in its original order. The training split must be in memory."""
+    train = ds.train
+    if train.arrays is None:
+        raise DataError(f"data.val_fraction needs the training split of {ds.name} in memory; set "
+                        f"data.in_memory=true, or give a validation split (data.val_split, e.g. 'train[90%:]' with "
+                        f"data.train_split='train[:90%]').")
+    n, labels = len(train), train.arrays.get("label")
+    n_val = int(round(n * fraction))
+    if not 1 <= n_val < n:
+        raise DataError(f"data.val_fraction={fraction} of {n} training examples leaves {n_val} for validation "
+                        f"and {n - n_val} for training; both need at least one.")
+    idx = np.arange(n)
+    if labels is None:
+        val = np.random.default_rng([int(seed), 7]).permutation(n)[:n_val]
+    else:
+        counts = collections.Counter(np.asarray(labels).tolist())
+        if min(counts.values()) < 2:
+            c = min(counts, key=counts.get)
+            raise DataError(f"{ds.name}: class {c} has only 1 training example, too few for a stratified "
+                            f"validation split; add examples or leave data.val_fraction unset.")
+        try:
+            (_, _), (val, _) = stratified_split(idx, labels, n_val, seed)  # n_val: a count, not a fraction
+        except ValueError as e:
+            reason = str(e).split(". ")[0].rstrip(".")
+            raise DataError(f"{ds.name}: cannot carve {n_val} validation examples out of {n} ({reason}); change "
+                            f"data.val_fraction.") from None
+    val = np.sort(val)
+    keep = np.setdiff1d(idx, val)
+    ds.train = Split(len(keep), arrays={k: v[keep] for k, v in train.arrays.items()})
+    ds.val = Split(len(val), arrays={k: v[val] for k, v in train.arrays.items()})
+    return ds
 
 
 def split_or_refuse(path: str, x, y, test_fraction: float, seed: int):

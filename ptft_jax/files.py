@@ -33,9 +33,11 @@ def atomic(path: str | os.PathLike, mode: str = "w", **open_kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a failed write names the file it was for
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -62,3 +64,72 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8"):
 def write_json(path: str | os.PathLike, obj, indent: int | None = 2, **dump_kwargs):
     with atomic(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, **dump_kwargs)
+
+
+class WorkdirLock:
+    """WORKDIR/lock: one training run per workdir at a time (two launches of one command would both write its
+    checkpoints and metrics). Kept here rather than taken from `filelock`, which records no holder to name.
+
+    The lock is an `fcntl.flock` on the file, which the kernel drops when its process dies (so a killed run's lock
+    is stale at once on its host), and the file names the holder (host, PID, start time) for the message a second
+    launch gets. A file naming another host is reported, not taken over: flock is not reliable across hosts on
+    every network file system. Released, the file stays, empty (deleting it would let a waiting opener and a new
+    one lock two different files)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "lock")
+        self._fd = None
+
+    def acquire(self):
+        import fcntl
+        import socket
+        import time
+
+        from ptft_jax.errors import CheckpointError
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            holder = self._holder(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(f"The workdir {os.path.dirname(self.path)} is in use by {_who(holder)}; wait "
+                                      f"for that run to end (or stop it), or use another --workdir.") from None
+            holder = self._holder(fd)  # re-read under the lock: a run that just started may have written it
+            host = socket.gethostname()
+            if holder and holder.get("host") != host:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise CheckpointError(f"The workdir {os.path.dirname(self.path)} is in use by {_who(holder)} (another "
+                                      f"host, whose lock this one cannot check); if that run is gone, delete "
+                                      f"{self.path} and rerun.")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": host, "pid": os.getpid(), "started": time.strftime(
+                "%Y-%m-%d %H:%M:%S")}).encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd) -> dict | None:
+        try:
+            data = os.pread(fd, 4096, 0)
+            return json.loads(data) if data.strip() else None
+        except ValueError:  # a lock file cut short: no holder to name
+            return None
+
+    def release(self):
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
+
+
+def _who(holder: dict | None) -> str:
+    if not holder:
+        return "another process"
+    return f"PID {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"

@@ -55,11 +55,11 @@ class MetricsFile:
             self._tb.close()
             self._tb = None
 
-    def truncate_after(self, step: int):
-        """Drops lines past `step` (written after the checkpoint a run resumes from)."""
+    def truncate_after(self, step: int, warn=None):
+        """Drops lines past `step` (written after the checkpoint a run resumes from) and damaged lines."""
         if not (is_main() and os.path.exists(self.path)):
             return
-        keep = [line for line in self.read() if line["step"] <= step]
+        keep = [line for line in self.read(warn) if line["step"] <= step]
         write_text(self.path, "".join(json.dumps(line) + "\n" for line in keep))
 
     def write(self, step: int, split: str, **values):
@@ -74,11 +74,26 @@ class MetricsFile:
                 if k not in ("step", "split"):
                     writer.add_scalar(f"{split}/{k}", v, int(step))
 
-    def read(self) -> list[dict]:
+    def read(self, warn=None) -> list[dict]:
+        """The rows; a line that is not a row (a crash or a full disk mid-write leaves half a line) is dropped,
+        and `warn` (if given) is told which."""
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        rows = []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or "split" not in row:
+                        raise ValueError("not a metrics row")
+                except ValueError:
+                    if warn:
+                        warn(f"warning: {self.path} line {number} is damaged ({line.strip()[:60]!r}); dropped it")
+                    continue
+                rows.append(row)
+        return rows
 
 
 class Console:

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from ptft_jax.data import augment, custom, sources
+from ptft_jax.dataset import Split, carve_val
 from ptft_jax.errors import ConfigError, DataError
 from ptft_jax.text import dataset as text_dataset
 from ptft_jax.text.masking import masking_for
@@ -47,6 +48,13 @@ class Task:
     def mix(self, x, rng):
         """(model inputs, mixup weight or None) of a training batch."""
         return x, None
+
+    def with_val(self, ds, data_cfg):
+        """`ds` with its validation split: data.val_fraction of the training split carved out (stratified,
+        seeded), or the data.val_split the source loaded, or none."""
+        if data_cfg.val_split and self.text:
+            raise ConfigError("data.val_split is for TFDS image datasets; for text use data.val_fraction (e.g. 0.1).")
+        return carve_val(ds, data_cfg.val_fraction, data_cfg.split_seed) if data_cfg.val_fraction else ds
 
     def host_transform(self, ds, data_cfg, seed: int):
         """The host pipeline's per-batch transform `(split, indices, share, step) -> batch`, or None."""
@@ -199,6 +207,16 @@ class MaskedLM(Task):
 
     def host_transform(self, ds, data_cfg, seed):
         return masking_for(data_cfg, ds.tokenizer, seed)
+
+    def with_val(self, ds, data_cfg):
+        """Validation sequences carved out of the packed training sequences, masked once with a fixed seed (as the
+        test split is)."""
+        ds = super().with_val(ds, data_cfg)
+        if ds.val is not None:
+            rng = np.random.default_rng(text_dataset.EVAL_MASK_SEED + 1)
+            masked = masking_for(data_cfg, ds.tokenizer, 0).mask(ds.val.arrays, rng)
+            ds.val = Split(ds.val.size, arrays=masked)
+        return ds
 
     def predict_batch(self, inputs, info):
         raise DataError("A masked-LM pretraining run has no classes to predict; fine-tune it into a classifier "

@@ -8,6 +8,7 @@ model computes per task is tasks.py's; the loop checks, stops, logs, evaluates a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -22,10 +23,11 @@ from ptft_jax.config import Durations, defaults, durations, flatten, to_json, va
 from ptft_jax.data.feed import Evaluator, Feed, test_resident, train_resident
 from ptft_jax.data.pipeline import EpochOrder
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
-from ptft_jax.files import write_json, write_text
+from ptft_jax.files import WorkdirLock, write_json, write_text
 from ptft_jax.graft import graft
 from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
+from ptft_jax.selection import Selection
 from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
@@ -50,6 +52,7 @@ class Run:
     ckpt: Checkpoints
     metrics: MetricsFile
     init_from: InitFrom | None
+    best: Checkpoints | None = None  # WORKDIR/best: the best checkpoint by train.keep_best
 
 
 def build_run(config, workdir: str, log=print) -> Run:
@@ -65,6 +68,7 @@ def build_run(config, workdir: str, log=print) -> Run:
         config = _published_model(config, init_from, log)
     task = tasks.from_config(config)
     ds = task.load(d, workdir, init_from.tokenizer_dir if init_from else None, log)
+    ds = task.with_val(ds, d)
     task = task.bind(ds)
     vocab_size = ds.tokenizer_info["vocab_size"] if ds.tokenizer_info else None
     model = models.build(config.model, ds.num_classes, vocab_size=vocab_size)
@@ -72,9 +76,18 @@ def build_run(config, workdir: str, log=print) -> Run:
     steps = durations(config, order.steps_per_epoch)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), task.init_inputs(ds)))["params"]
     tx = optim.build(config.optim, finetune=config.finetune, params=params_shape, durations=steps)
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} is a file, not the run's checkpoint folder; move it away (or use another "
+                              f"--workdir) and rerun.")
+    saved = json.loads(to_json(config))
+    ckpt = Checkpoints(ckpt_dir, keep=t.keep, config=saved)
+    best = Checkpoints(os.path.join(workdir, BEST_DIR), keep=1, config=saved) if t.keep_best else None
     return Run(config, workdir, par, task, ds, model, tx, order, steps, ckpt,
-               MetricsFile(os.path.join(workdir, "metrics.jsonl")), init_from)
+               MetricsFile(os.path.join(workdir, "metrics.jsonl")), init_from, best)
+
+
+BEST_DIR = "best"  # WORKDIR/best: train.keep_best's checkpoint (one Orbax step folder, the best step)
 
 
 # Published weights fix the architecture; these they only suggest (a fine-tuning run may choose its own).
@@ -108,12 +121,35 @@ def _make_workdir(workdir: str) -> str:
     return workdir
 
 
-def _check_same_run(config, workdir):
-    path = os.path.join(workdir, "config.json")
+def _saved_config(run: Run, log) -> dict | None:
+    """The config of the run in the workdir: config.json, or (when that file is damaged) the copy its newest
+    checkpoint holds; None for a new workdir."""
+    path = os.path.join(run.workdir, "config.json")
     if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError:
+        pass
+    for step in sorted(run.ckpt.all_steps(), reverse=True):
+        saved = run.ckpt.saved_config(step)
+        if saved is not None:
+            log(f"warning: {path} is damaged; checked this config against the copy in checkpoint step {step} "
+                f"(config.json is rewritten below)")
+            return saved
+    if not run.ckpt.all_steps():
+        return None  # nothing trained yet: nothing to protect
+    raise CheckpointError(f"{path} is damaged (not JSON) and no checkpoint holds a copy of the run's config; rerun "
+                          f"with --allow_config_change to resume with this config, or use another --workdir.")
+
+
+def _check_same_run(run: Run, log):
+    saved = _saved_config(run, log)
+    if saved is None:
         return
-    with open(path) as f:
-        old = flatten(json.load(f))
+    config, workdir = run.config, run.workdir
+    old = flatten(saved)
     new = flatten(json.loads(to_json(config)))
     # Keys the old run did not have (added to ptft_jax since) count as unchanged when they hold their default.
     base = flatten(json.loads(to_json(validate(defaults()))))
@@ -154,11 +190,11 @@ def restore_or_init(run: Run, log=print) -> TrainState:
             moved = run.ckpt.set_aside(bad)
             log(f"warning: checkpoint step {bad} is damaged ({str(e.__cause__ or e)[:200]}); moved it to {moved}")
         log(f"resuming from {run.ckpt.directory}/{step}")
-        run.metrics.truncate_after(step)
+        run.metrics.truncate_after(step, warn=log)
         return restored
     if failed:
         raise failed[0][1]
-    run.metrics.truncate_after(0)  # lines of an attempt killed before its first checkpoint
+    run.metrics.truncate_after(0, warn=log)  # lines of an attempt killed before its first checkpoint
     return _graft(run, state, log) if run.init_from else state
 
 
@@ -175,18 +211,19 @@ def _graft(run: Run, state: TrainState, log) -> TrainState:
     return TrainState(state.step, params, opt_state, variables)
 
 
-def _evaluator(run: Run, with_train_resident: bool) -> Evaluator:
-    resident = test_resident(run.ds, run.task, run.config.data, with_train_resident)
-    return Evaluator(make_eval_fn(run.model, run.task, run.par), run.ds, run.par, run.config.data, resident)
+def _evaluator(run: Run, with_train_resident: bool, split=None) -> Evaluator:
+    """The test split's evaluator (or `split`'s: the validation split)."""
+    resident = test_resident(run.ds, run.task, run.config.data, with_train_resident, split)
+    return Evaluator(make_eval_fn(run.model, run.task, run.par), run.ds, run.par, run.config.data, resident, split)
 
 
 def _scores(ev: dict) -> dict:
     """The metrics of an evaluation worth logging: loss, accuracy and F1 where computed."""
-    return {k: v for k, v in ev.items() if k != "examples"}
+    return {k: v for k, v in ev.items() if k not in ("examples", "best_step")}
 
 
-def _describe(ev: dict) -> str:
-    return " | ".join(f"test {k.replace('_', ' ')} {v:.4f}" for k, v in _scores(ev).items())
+def _describe(ev: dict, split: str = "test") -> str:
+    return " | ".join(f"{split} {k.replace('_', ' ')} {v:.4f}" for k, v in _scores(ev).items())
 
 
 def _check_finite(call):
@@ -247,10 +284,15 @@ def _save_and_stop(run: Run, step: int, state, stopper, console):
 
 def _summary(run: Run, state) -> str:
     cfg, p = run.config, state.params
+    sizes = f"{len(run.ds.train)} train, {_val_size(run)}{len(run.ds.test)} test"
     return (f"model {cfg.model.name}: {models.count_params(p):,} params ({params_by_module(p)}) | data {run.ds.name}: "
-            f"{len(run.ds.train)} train, {len(run.ds.test)} test | {run.par.describe()} | {run.steps.total_steps} "
+            f"{sizes} | {run.par.describe()} | {run.steps.total_steps} "
             f"steps ({run.order.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | checkpoints in "
             f"{run.ckpt.directory}")
+
+
+def _val_size(run: Run) -> str:
+    return f"{len(run.ds.val)} val, " if run.ds.val is not None else ""
 
 
 def train(config, workdir: str, log=print, allow_config_change: bool = False) -> dict:
@@ -258,27 +300,56 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
     {"step", "split", "loss", "accuracy", ["f1" | "macro_f1"], "examples"}.
 
     Rerunning with the same workdir resumes from the latest checkpoint; a workdir holding a run of another config is
-    refused unless `allow_config_change`. SIGTERM/SIGINT save a checkpoint and raise `Interrupted`.
+    refused unless `allow_config_change`, and one in use by another launch (WORKDIR/lock) is refused.
+    SIGTERM/SIGINT save a checkpoint and raise `Interrupted`.
     """
     log = log if is_main() else (lambda *_: None)
+    workdir = _make_workdir(workdir)
+    lock = WorkdirLock(workdir) if is_main() else None
+    if lock:
+        lock.acquire()
+    try:
+        return _train(config, workdir, log, allow_config_change)
+    except OSError as e:  # a full disk or a vanished folder while writing a workdir file
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        raise CheckpointError(f"Writing {e.filename or workdir} failed ({e.strerror}); the checkpoints already "
+                              f"saved are intact: free space or fix the folder, then rerun.") from e
+    finally:
+        if lock:
+            lock.release()
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO)
+
+
+def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     run = build_run(config, workdir, log=log)
     cfg, s = run.config, run.steps
     if not allow_config_change:
-        _check_same_run(cfg, run.workdir)
+        _check_same_run(run, log)
     state = restore_or_init(run, log=log)
     if is_main():
         write_text(os.path.join(run.workdir, "config.json"), to_json(cfg))
         write_json(os.path.join(run.workdir, "data.json"), run.ds.info(run.task.name), indent=2)
     log(_summary(run, state))
     start = int(state.step)
-    if start >= s.total_steps:
-        return _finished(run, state, log)
+    select = None
+    if run.ds.val is not None:  # rebuilt from the log up to the resumed step: a resumed run remembers its count
+        rows = [r for r in run.metrics.read() if r["step"] <= start]
+        select = Selection(cfg.train.keep_best, cfg.train.early_stop, rows)
+    if start >= s.total_steps or (select and select.stop):
+        return _finished(run, state, select, log)
+    if select is None:
+        log("no validation split (data.val_fraction / data.val_split): the evaluations during training are on the "
+            "test split, and nothing is selected on them")
 
     # The data feed and the jitted calls.
     chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
     feed = Feed(run.ds, run.task, run.order, run.par, cfg, state.params, start, s.total_steps, every)
-    evaluate_now = _evaluator(run, feed.resident)
+    evaluate_now = _evaluator(run, feed.resident, run.ds.val)  # the validation split, else the test split
+    eval_split = "test" if select is None else "val"
     log(feed.describe())
     console = Console(s.total_steps, start)
     train_log = _TrainLog(run, console, start)
@@ -302,61 +373,108 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
             # Check: nothing non-finite is logged, evaluated or saved.
             _check_finite(unchecked)
             unchecked = None
-            # Stop: SIGTERM / SIGINT (on any process) or a cluster preemption notice saves and exits.
-            if stopper.requested() or run.ckpt.preempted(step):
-                _save_and_stop(run, step, state, stopper, console)
             # Log.
             if step % s.log_every == 0 or step == s.total_steps:
                 train_log.write(step)
-            # Evaluate.
-            if step % s.eval_every == 0 and step < s.total_steps:
+            # Evaluate (and select: the best checkpoint, early stopping).
+            if (step % s.eval_every == 0 and step < s.total_steps) or (select and step == s.total_steps):
                 ev = evaluate_now(state)
-                run.metrics.write(step, "test", **ev)
-                console.line(f"step {step}: {_describe(ev)}")
+                run.metrics.write(step, eval_split, **ev)
+                console.line(f"step {step}: {_describe(ev, eval_split)}")
+                if select and select.update(step, ev) and run.best:
+                    run.best.save(step, state, force=True)
+                    run.best.wait()  # committed before any later checkpoint: a resumed run never lacks its best
+            # Stop: SIGTERM / SIGINT (on any process) or a cluster preemption notice saves and exits; after the log
+            # and the evaluation of this step, so that the resumed run's metrics.jsonl is the uninterrupted one's.
+            if stopper.requested() or run.ckpt.preempted(step):
+                _save_and_stop(run, step, state, stopper, console)
             # Save.
+            if select and select.stop:
+                console.line(f"early stop at step {step}: {select.early_stop} evaluation(s) without a better "
+                             f"{select.spec} ({select.describe()})")
+                run.ckpt.save(step, state, force=True)
+                break
             if _should_save(run, step, last_save):
                 run.ckpt.save(step, state, force=step == s.total_steps)
                 last_save = time.perf_counter()
 
         console.close()
-        ev = evaluate_now(state)
-        run.metrics.write(step, "test", **ev)
+        ev = _final_test(run, state, step, select, feed.resident)
         run.ckpt.wait()
     finally:
-        for closing in (feed, stopper, console, run.ckpt, run.metrics):
-            closing.close()
-        plot_curves(run.metrics.path, os.path.join(run.workdir, "curves.png"))
+        for closing in (feed, stopper, console, run.ckpt, run.metrics, run.best):
+            if closing is not None:
+                closing.close()
+        _plot(run, log)
     elapsed = time.perf_counter() - t_start
-    log(f"done: step {step} | {_describe(ev)} | {(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | "
+    chosen = f" (the best checkpoint, step {ev['best_step']})" if "best_step" in ev else ""
+    log(f"done: step {step} | {_describe(ev)}{chosen} | {(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | "
         f"{run.workdir}")
     return {"step": step, "split": "test", **ev}
 
 
-def _finished(run: Run, state, log) -> dict:
-    """A run already at its last step: its final test metrics, from metrics.jsonl or evaluated again."""
+def _plot(run: Run, log):
+    """WORKDIR/curves.png; a failure to write it (a full disk) is a warning, never the error a run reports."""
+    try:
+        plot_curves(run.metrics.path, os.path.join(run.workdir, "curves.png"))
+    except OSError as e:
+        log(f"warning: could not write {os.path.join(run.workdir, 'curves.png')} ({e.strerror})")
+
+
+def _final_test(run: Run, state, step: int, select, with_train_resident: bool) -> dict:
+    """The one evaluation on the test split, at the end: of the best checkpoint under train.keep_best (its step in
+    `best_step`), else of `state`; written to metrics.jsonl as the test row of `step`."""
+    extra = {}
+    if run.best is not None and select is not None and select.best_step is not None:
+        if select.best_step != step:
+            if select.best_step not in run.best.all_steps():
+                raise CheckpointError(f"The best checkpoint (step {select.best_step}) is missing from "
+                                      f"{run.best.directory}; rerun with a new --workdir.")
+            state = run.best.restore(select.best_step, state)
+        extra = {"best_step": select.best_step}
+    ev = _evaluator(run, with_train_resident)(state)
+    run.metrics.write(step, "test", **ev, **extra)
+    return {**ev, **extra}
+
+
+def _finished(run: Run, state, select, log) -> dict:
+    """A run already at its last step (or stopped early): its final test metrics, from metrics.jsonl, or evaluated
+    (and written there) when a kill came between the final checkpoint and the final evaluation."""
     step = int(state.step)
-    log(f"already finished: step {step} of {run.steps.total_steps} in {run.workdir}")
+    how = f"stopped early ({select.describe()})" if step < run.steps.total_steps else "finished"
+    log(f"already {how}: step {step} of {run.steps.total_steps} in {run.workdir}")
     try:
         done = [m for m in run.metrics.read() if m["split"] == "test" and m["step"] == step]
         if done:
-            return {**done[-1], "examples": int(done[-1]["examples"])}
-        return {"step": step, "split": "test", **_evaluator(run, train_resident(run.ds, run.task, run.config.data))(
-            state)}
+            ints = {k: int(done[-1][k]) for k in ("examples", "best_step") if k in done[-1]}
+            return {**done[-1], **ints}
+        ev = _final_test(run, state, step, select, train_resident(run.ds, run.task, run.config.data))
+        _plot(run, log)
+        return {"step": step, "split": "test", **ev}
     finally:
-        run.ckpt.close()
+        for closing in (run.ckpt, run.metrics, run.best):
+            if closing is not None:
+                closing.close()
 
 
-def evaluate(config, workdir: str, step: int | None = None, log=print) -> dict:
-    """Evaluates a checkpoint of the run in `workdir` (default: the latest) on the test split; returns the same
-    keys as `train()`."""
+def evaluate(config, workdir: str, step: int | str | None = None, log=print) -> dict:
+    """Evaluates a checkpoint of the run in `workdir` on the test split: its latest, a step, or "best" (the
+    train.keep_best checkpoint in WORKDIR/best); returns the same keys as `train()`."""
     run = build_run(config, workdir, log=log)
+    ckpt = run.ckpt
+    if step == "best":
+        ckpt = Checkpoints(os.path.join(run.workdir, BEST_DIR), create=False)
+        if not os.path.isdir(ckpt.directory):
+            raise CheckpointError(f"{run.workdir} has no best checkpoint (train.keep_best was not set); evaluate "
+                                  f"its latest checkpoint instead.")
     try:
-        step = step if step is not None else run.ckpt.latest_step()
+        step = ckpt.latest_step() if step in (None, "best") else int(step)
         if step is None:
-            raise CheckpointError(f"No checkpoint in {run.ckpt.directory}; train first with the same --workdir.")
-        state = run.ckpt.restore(step, init_state(run))
+            raise CheckpointError(f"No checkpoint in {ckpt.directory}; train first with the same --workdir.")
+        state = ckpt.restore(step, init_state(run))
         ev = _evaluator(run, False)(state)
     finally:
-        run.ckpt.close()
+        for closing in {id(c): c for c in (ckpt, run.ckpt, run.best) if c is not None}.values():
+            closing.close()
     log(f"evaluate: step {step} | {_describe(ev)}")
     return {"step": step, "split": "test", **ev}

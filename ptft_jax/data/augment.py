@@ -87,10 +87,12 @@ class SizedRecords:
 
 
 def sized(ds: Dataset, cfg) -> Dataset:
-    """The dataset with both splits seen at `cfg.image_size` (records computed on access)."""
+    """The dataset with every split seen at `cfg.image_size` (records computed on access)."""
     crop = cfg.augment == "inception_crop"
-    for name in ("train", "test"):
+    for name in ("train", "test", "val"):
         split = getattr(ds, name)
+        if split is None:
+            continue
         setattr(ds, name, Split(len(split), records=SizedRecords(split, int(cfg.image_size), crop)))
     return ds
 

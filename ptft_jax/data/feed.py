@@ -71,12 +71,14 @@ def train_resident(ds, task, data_cfg) -> bool:
     return _fits(data_cfg, ds.train)
 
 
-def test_resident(ds, task, data_cfg, with_train: bool) -> bool:
-    """Whether the test split goes on the devices: in memory, not host-only (masked-LM), residency not turned
-    off, and within the budget (with the training split when that is resident too)."""
-    if ds.test.arrays is None or not len(ds.test) or task.host_only or data_cfg.device_resident == "false":
+def test_resident(ds, task, data_cfg, with_train: bool, split=None) -> bool:
+    """Whether the test split (or `split`: the validation split) goes on the devices: in memory, not host-only
+    (masked-LM), residency not turned off, and within the budget (with the training split when that is resident
+    too)."""
+    split = ds.test if split is None else split
+    if split.arrays is None or not len(split) or task.host_only or data_cfg.device_resident == "false":
         return False
-    return _fits(data_cfg, ds.train, ds.test) if with_train else _fits(data_cfg, ds.test)
+    return _fits(data_cfg, ds.train, split) if with_train else _fits(data_cfg, split)
 
 
 def _has_convolutions(params) -> bool:
@@ -137,17 +139,17 @@ class Feed:
 
 
 class Evaluator:
-    """`evaluator(state)` -> test metrics {"loss", "accuracy", ["f1" | "macro_f1"], "examples"} through
-    `eval_fn` (step.make_eval_fn's function): in one call when the test split is device-resident, else batch by
+    """`evaluator(state)` -> test (or `split`'s) metrics {"loss", "accuracy", ["f1" | "macro_f1"], "examples"}
+    through `eval_fn` (step.make_eval_fn's function): in one call when the split is device-resident, else batch by
     batch from the host; both add the same padded batches in the same order."""
 
-    def __init__(self, eval_fn, ds, par, data_cfg, resident: bool):
-        self.eval_fn, self.split, self.par = eval_fn, ds.test, par
+    def __init__(self, eval_fn, ds, par, data_cfg, resident: bool, split=None):
+        self.eval_fn, self.split, self.par = eval_fn, ds.test if split is None else split, par
         self.batch_size = data_cfg.eval_batch_size
         self.share = par.process_slice(self.batch_size)
         self.resident = resident
         if resident:
-            self._data = {k: par.replicate(v) for k, v in ds.test.arrays.items()}
+            self._data = {k: par.replicate(v) for k, v in self.split.arrays.items()}
 
     def _totals(self, state):
         par = self.par

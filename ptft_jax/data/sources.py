@@ -65,7 +65,8 @@ def tfds_dataset(name: str, cfg) -> Dataset:
     channels = features["image"].shape[-1] or 3
     mean, std = _TFDS_STATS.get(name, ((0.5,) * channels, (0.25,) * channels))
     wrap = lambda src: Split(len(src), records=_Records(src))  # noqa: E731
-    return Dataset(name, wrap(train), wrap(test), num_classes=num_classes, mean=mean, std=std)
+    val = wrap(tfds_split(name, cfg.val_split, data_dir)) if cfg.val_split else None
+    return Dataset(name, wrap(train), wrap(test), num_classes=num_classes, mean=mean, std=std, val=val)
 
 
 class _Records:
@@ -104,8 +105,10 @@ def load(cfg, log=print) -> Dataset:
     if cfg.image_size:
         ds = augment.sized(ds, cfg)
     needs_arrays = cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None
-    for name in ("train", "test"):
+    for name in ("train", "test", "val"):
         split = getattr(ds, name)
+        if split is None:
+            continue
         # inception_crop crops the full-size training images, so that split stays as records unless it must not.
         keep_raw = name == "train" and cfg.augment == "inception_crop" and not needs_arrays
         if split.arrays is None and not keep_raw:
