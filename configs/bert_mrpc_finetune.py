@@ -11,5 +11,6 @@ from ptft_jax.config import recipe
 def get_config(preset="base"):
     c = recipe("bert_sst2_finetune", preset)
     c.data.source = "tfds:glue/mrpc"
+    c.train.keep_best = "val/f1"  # MRPC is reported by F1
     c.train.log_every = 20
     return c

@@ -20,6 +20,8 @@ def get_config(preset="base"):
     c = defaults()
     c.model = dict(name="bert", size=preset, dropout_rate=0.1, dtype="bfloat16")
     c.data.source = "tfds:glue/sst2"
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.train_split = "train"
     c.data.test_split = "validation"
     c.data.max_len = 128

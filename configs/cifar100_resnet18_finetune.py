@@ -15,6 +15,8 @@ def get_config():
     c = defaults()
     c.model = dict(name="resnet18", stem="cifar", dtype="float32")  # the same backbone; 100 classes from the data
     c.data.source = "tfds:cifar100"
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10's, as in pretraining
     c.data.std = (0.2470, 0.2435, 0.2616)
     c.data.augment = "crop_flip"

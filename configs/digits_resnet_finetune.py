@@ -12,6 +12,8 @@ def get_config():
     c = defaults()
     c.model = dict(name="resnet18", width=8, stem="cifar")  # the head size comes from the data: 2 classes
     c.data.source = "digits"
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.label_map = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # the new task: is the digit >= 5?
     c.data.augment = "crop_flip"
     c.data.crop_padding = 1

@@ -19,6 +19,8 @@ from ptft_jax.config import defaults
 def get_config(preset="imagenet"):
     c = defaults()
     c.data.source = "folder:PATH/TO/IMAGES"  # replace: --config.data.source=folder:/your/images
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.batch_size = 64
     c.data.eval_batch_size = 200
     c.optim.name = "sgd"

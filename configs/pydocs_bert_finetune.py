@@ -31,6 +31,8 @@ def get_config(preset="tiny"):
     c = defaults()
     c.model = dict(name="bert", size=preset, dropout_rate=0.1)  # num_classes comes from the data: 8 families
     c.data.source = "pydocs"
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.max_len = 64
     c.data.batch_size = 32
     c.data.eval_batch_size = 300

@@ -19,6 +19,8 @@ def get_config():
     c = defaults()
     c.model = dict(name="resnet50", stem="imagenet", dtype="bfloat16", bn_unbiased_var=True)  # depth, width: the file's
     c.data.source = "folder:PATH/TO/IMAGES"  # replace: --config.data.source=folder:/your/images
+    c.data.val_fraction = 0.1  # selected on 10% of the training data; the test split is evaluated once, at the end
+    c.train.keep_best = "val/accuracy"  # the test figure is of the best checkpoint by validation accuracy
     c.data.mean = (0.485, 0.456, 0.406)
     c.data.std = (0.229, 0.224, 0.225)
     c.data.augment = "inception_crop"

@@ -96,14 +96,12 @@ def stratified_split(x, y, test_fraction: float, seed: int):
 
 
 def carve_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """`ds` with `fraction` of its training split moved to `ds.val`: stratified by label where there are labels,
-    seeded by `seed`, each part in its original order. The training split must be in memory."""
+    """`ds` with `fraction` of its training split moved to `ds.val`, seeded by `seed`, each part in its original
+    order: stratified by label when the split is in memory, else (records read on access, e.g. a folder kept on
+    disk for inception_crop) a seeded random choice, which reads no image."""
     train = ds.train
-    if train.arrays is None:
-        raise DataError(f"data.val_fraction needs the training split of {ds.name} in memory; set "
-                        f"data.in_memory=true, or give a validation split (data.val_split, e.g. 'train[90%:]' with "
-                        f"data.train_split='train[:90%]').")
-    n, labels = len(train), train.arrays.get("label")
+    n = len(train)
+    labels = train.arrays.get("label") if train.arrays is not None else None
     n_val = int(round(n * fraction))
     if not 1 <= n_val < n:
         raise DataError(f"data.val_fraction={fraction} of {n} training examples leaves {n_val} for validation "
@@ -125,9 +123,27 @@ def carve_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
                             f"data.val_fraction.") from None
     val = np.sort(val)
     keep = np.setdiff1d(idx, val)
-    ds.train = Split(len(keep), arrays={k: v[keep] for k, v in train.arrays.items()})
-    ds.val = Split(len(val), arrays={k: v[val] for k, v in train.arrays.items()})
+    if train.arrays is None:
+        ds.train, ds.val = (Split(len(part), records=_Subset(train.records, part)) for part in (keep, val))
+    else:
+        ds.train, ds.val = (Split(len(part), arrays={k: v[part] for k, v in train.arrays.items()})
+                            for part in (keep, val))
     return ds
+
+
+class _Subset:
+    """Some records of a record source, by index (their `raw` view too, which inception_crop reads)."""
+
+    def __init__(self, records, indices: np.ndarray):
+        self.records, self.indices = records, indices
+        if hasattr(records, "raw"):
+            self.raw = lambda i: records.raw(int(indices[i]))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.records[int(self.indices[i])]
 
 
 def split_or_refuse(path: str, x, y, test_fraction: float, seed: int):

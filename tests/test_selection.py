@@ -116,3 +116,41 @@ def test_early_stop_stops_says_so_and_stays_stopped(tmp_path, capsys):
     log2 = Log()
     assert ptft_jax.train(config, workdir, log=log2) == result
     assert "already stopped early (best val/loss" in log2.text()
+
+
+def test_records_are_carved_by_index_without_reading_an_image():
+    """A split read on access (a folder kept on disk for inception_crop): a seeded random carve by index."""
+    reads = []
+
+    class Records(list):
+        def __getitem__(self, i):
+            reads.append(i)
+            return list.__getitem__(self, i)
+
+    records = Records({"image": np.full((2, 2, 1), i, np.uint8), "label": i % 3} for i in range(50))
+    ds = carve_val(Dataset("r", Split(50, records=records), Split(0, {}), 3), 0.2, seed=0)
+    assert not reads and (len(ds.train), len(ds.val)) == (40, 10)
+    ids = lambda s: {int(s.records[i]["image"][0, 0, 0]) for i in range(len(s))}  # noqa: E731
+    assert not ids(ds.train) & ids(ds.val) and ids(ds.train) | ids(ds.val) == set(range(50))
+
+
+def test_masked_lm_validation_sequences_are_masked_once():
+    import types
+
+    from ptft_jax import tasks
+    from ptft_jax.config import defaults
+    from ptft_jax.text.masking import compact
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 50, (40, 16)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 2, 3
+    arrays = compact({"input_ids": ids, "attention_mask": np.ones_like(ids)}, 50)
+    tok = types.SimpleNamespace(mask_id=4, vocab_size=50, special_ids=(0, 1, 2, 3, 4))
+    d = defaults().data
+    d.val_fraction, d.max_len = 0.25, 16
+    ds = Dataset("t", Split(40, arrays=arrays), Split(0, {}), 50, tokenizer=tok)
+    ds = tasks.MaskedLM().with_val(ds, d)
+    assert len(ds.train) == 30 and "length" in ds.train.arrays  # training sequences stay compact, masked per step
+    val = ds.val.arrays
+    assert len(val["input_ids"]) == 10 and val["masked_weights"].sum() > 0
+    again = tasks.MaskedLM().with_val(Dataset("t", Split(40, arrays=arrays), Split(0, {}), 50, tokenizer=tok), d)
+    np.testing.assert_array_equal(again.val.arrays["masked_positions"], val["masked_positions"])
