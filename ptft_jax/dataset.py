@@ -8,6 +8,7 @@ This module imports nothing heavier than NumPy (scikit-learn and TFDS only insid
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 from typing import Any, Sequence
@@ -255,14 +256,27 @@ def tfds_data_dir(cfg) -> str:
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-    return f"pip install 'ptft_jax[tf]' && python -m ptft_jax.prepare {name} --data_dir={data_dir}"
+    return f"pip install -e '.[tf]' && python -m ptft_jax.prepare {name} --data_dir={data_dir}"
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's absl warnings off while it looks for a dataset: a missing one is reported as one sentence."""
+    from absl import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def tfds_split(name: str, split: str, data_dir: str):
     """The random-access source of a prepared TFDS split, or a DataError saying how to prepare it."""
     import tensorflow_datasets as tfds
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        with _quiet_tfds():  # its "Variant folder ... has no dataset_info.json" lines precede our one sentence
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"TFDS has no dataset named {name!r}: check the spelling in data.source "
                         f"(the list is at https://www.tensorflow.org/datasets/catalog).") from None
@@ -281,6 +295,7 @@ def tfds_split(name: str, split: str, data_dir: str):
 def _prepared(name: str, data_dir: str) -> bool:
     import tensorflow_datasets as tfds
     try:
-        return tfds.builder(name, data_dir=data_dir).is_prepared()
+        with _quiet_tfds():
+            return tfds.builder(name, data_dir=data_dir).is_prepared()
     except Exception:  # noqa: BLE001 - only used to choose between two messages
         return False

@@ -1,6 +1,6 @@
 """Download and prepare a TFDS dataset as array_record, the format `tfds.data_source` reads without TensorFlow.
 
-    pip install 'ptft_jax[tf]'
+    pip install -e '.[tf]'
     python -m ptft_jax.prepare mnist [--data_dir=DIR]
 
 Only this step needs TensorFlow (TFDS uses it to build datasets); training never imports it.
@@ -16,7 +16,7 @@ def prepare(name: str, data_dir: str | None = None) -> str:
         import tensorflow  # noqa: F401
     except ImportError:
         raise SystemExit("error: preparing a TFDS dataset needs TensorFlow; install it with: "
-                         "pip install 'ptft_jax[tf]'")
+                         "pip install -e '.[tf]'")
     import tensorflow_datasets as tfds
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
