@@ -56,7 +56,8 @@ def main():
     for name, over, fine_tune in ROWS:
         accs = []
         for seed in range(a.seeds):
-            config = ptft_jax.load_config(FINETUNE, {**over, "train.seed": seed, "init_from": pt if fine_tune else None})
+            over_seed = {**over, "train.seed": seed, "init_from": pt if fine_tune else None}
+            config = ptft_jax.load_config(FINETUNE, over_seed)
             workdir = os.path.join(a.out, f"{name.replace(' ', '_').replace(',', '')}_{seed}")
             accs.append(ptft_jax.train(config, workdir, log=quiet)["accuracy"])
         results[name] = accs

@@ -18,7 +18,9 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from ptft_jax.errors import ConfigError
+from ptft_jax.errors import ConfigError, UserError
 
 # Keys whose value may be any mapping (checked elsewhere against the model's own fields).
 _OPEN_SECTIONS = ("model",)
@@ -147,26 +149,112 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Numeric bounds: key -> (holds(value), the one-sentence error for a value that breaks it).
+def _real(v) -> bool:
+    """A finite int or float (not a bool): NaN and infinity pass no range."""
+    return _number(v) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    """An int (not a bool): the keys that count steps, examples or checkpoints take no fractions."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _reals(v, holds=lambda x: True) -> bool:
+    """A non-empty list or tuple of finite numbers, each of which `holds`."""
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_real(x) and holds(x) for x in v)
+
+
+_SEED_MAX = 2**32 - 1  # scikit-learn's split takes seeds 0..2**32-1, NumPy's generators no negative ones
+
+
+# Numeric bounds: key -> (holds(value), the one-sentence error for a value that breaks it: the key, the value, the
+# fix). `validate()` checks them before jax is imported, so a bad value fails at once and touches no workdir.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "optim.lr": (lambda v: _number(v) and v > 0, "optim.lr must be positive, not {value}."),
-    "data.mask_prob": (lambda v: _number(v) and 0.0 < v < 1.0,
+    "optim.lr": (lambda v: _real(v) and v > 0, "optim.lr must be positive, not {value}."),
+    "optim.momentum": (lambda v: _real(v) and 0 <= v < 1,
+                       "optim.momentum must be in [0, 1), not {value}: 0 is plain SGD, 0.9 the usual momentum."),
+    "optim.b1": (lambda v: _real(v) and 0 <= v < 1,
+                 "optim.b1 must be in [0, 1), not {value}: it is Adam's first-moment decay, usually 0.9."),
+    "optim.b2": (lambda v: _real(v) and 0 <= v < 1,
+                 "optim.b2 must be in [0, 1), not {value}: it is Adam's second-moment decay, usually 0.999."),
+    "optim.eps": (lambda v: _real(v) and v > 0,
+                  "optim.eps must be positive, not {value}: it keeps Adam's step finite, usually 1e-8."),
+    "optim.weight_decay": (lambda v: _real(v) and v >= 0,
+                           "optim.weight_decay must be 0 or more, not {value}: a negative decay grows the weights."),
+    "optim.warmup_steps": (lambda v: _whole(v) and v >= 0,
+                           "optim.warmup_steps must be a whole number of 0 or more, not {value}."),
+    "optim.warmup_epochs": (lambda v: v is None or (_real(v) and v >= 0),
+                            "optim.warmup_epochs must be 0 or more (or None for optim.warmup_steps), not {value}."),
+    "optim.min_lr_ratio": (lambda v: _real(v) and 0 <= v <= 1,
+                           "optim.min_lr_ratio must be in [0, 1], not {value}: it is the final learning rate as a "
+                           "fraction of optim.lr."),
+    "optim.clip_norm": (lambda v: v is None or (_real(v) and v > 0),
+                        "optim.clip_norm must be positive (or None for no clipping), not {value}: e.g. 1.0."),
+    "train.epochs": (lambda v: v is None or (_real(v) and v > 0),
+                     "train.epochs must be positive (or None when train.steps is set), not {value}."),
+    "train.steps": (lambda v: v is None or (_whole(v) and v >= 1),
+                    "train.steps must be a whole number of at least 1 (or None to train train.epochs), not {value}."),
+    "train.seed": (lambda v: _whole(v) and 0 <= v <= _SEED_MAX,
+                   "train.seed must be a whole number from 0 to 2**32-1, not {value}."),
+    "train.log_every": (lambda v: _whole(v) and v >= 1,
+                        "train.log_every must be a whole number of at least 1, not {value}: it is the steps between "
+                        "log lines."),
+    "train.eval_every": (lambda v: v is None or (_whole(v) and v >= 1),
+                         "train.eval_every must be a whole number of at least 1 (or None for once an epoch), "
+                         "not {value}."),
+    "train.checkpoint_every": (lambda v: v is None or (_whole(v) and v >= 1),
+                               "train.checkpoint_every must be a whole number of at least 1 (or None for once an "
+                               "epoch), not {value}."),
+    "train.keep": (lambda v: _whole(v) and v >= 1,
+                   "train.keep must be at least 1, not {value}: it is the number of checkpoints kept."),
+    "train.steps_per_call": (lambda v: v is None or (_whole(v) and v >= 1),
+                             "train.steps_per_call must be a whole number of at least 1 (or None to choose), "
+                             "not {value}."),
+    "train.label_smoothing": (lambda v: _real(v) and 0 <= v < 1,
+                              "train.label_smoothing must be in [0, 1), not {value}: e.g. 0.1, or 0 for none."),
+    "train.mixup_alpha": (lambda v: _real(v) and v >= 0,
+                          "train.mixup_alpha must be 0 or more, not {value}: e.g. 0.2, or 0 for no mixup."),
+    "data.batch_size": (lambda v: _whole(v) and v >= 1,
+                        "data.batch_size must be a whole number of at least 1, not {value}."),
+    "data.eval_batch_size": (lambda v: _whole(v) and v >= 1,
+                             "data.eval_batch_size must be a whole number of at least 1, not {value}."),
+    "data.test_fraction": (lambda v: _real(v) and 0 < v < 1,
+                           "data.test_fraction must be between 0 and 1 (exclusive), not {value}: e.g. 0.2 holds out "
+                           "a fifth for testing."),
+    "data.split_seed": (lambda v: _whole(v) and 0 <= v <= _SEED_MAX,
+                        "data.split_seed must be a whole number from 0 to 2**32-1, not {value}."),
+    "data.image_size": (lambda v: v is None or (_whole(v) and v >= 1),
+                        "data.image_size must be a whole number of at least 1 (or None for the images' own size), "
+                        "not {value}."),
+    "data.mean": (lambda v: v is None or _reals(v),
+                  "data.mean must be a list of finite numbers, one per channel (or None for the dataset's), "
+                  "not {value}."),
+    "data.std": (lambda v: v is None or _reals(v, lambda x: x > 0),
+                 "data.std must be a list of positive numbers, one per channel (or None for the dataset's), "
+                 "not {value}: a zero or negative std breaks the normalisation."),
+    "data.mask_prob": (lambda v: _real(v) and 0.0 < v < 1.0,
                        "data.mask_prob {value} must be a number between 0 and 1 (BERT uses 0.15)."),
-    "data.max_len": (lambda v: _number(v) and v >= 3,
+    "data.max_len": (lambda v: _whole(v) and v >= 3,
                      "data.max_len {value} leaves no room for text after [CLS] and [SEP]; use e.g. 128."),
-    "data.max_documents": (lambda v: v is None or (_number(v) and v >= 1),
+    "data.max_documents": (lambda v: v is None or (_whole(v) and v >= 1),
                            "data.max_documents {value} must be at least 1 (or None for every document)."),
-    "data.val_fraction": (lambda v: v is None or (_number(v) and 0 < v < 1),
+    "finetune.layer_decay": (lambda v: v is None or (_real(v) and 0 < v <= 1),
+                             "finetune.layer_decay must be in (0, 1] (or None for none), not {value}: e.g. 0.8."),
+    "data.val_fraction": (lambda v: v is None or (_real(v) and 0 < v < 1),
                           "data.val_fraction {value} must be between 0 and 1 (e.g. 0.1), or None for no validation "
                           "split."),
-    "train.early_stop": (lambda v: v is None or (_number(v) and v >= 1 and float(v).is_integer()),
+    "train.early_stop": (lambda v: v is None or (_whole(v) and v >= 1),
                          "train.early_stop {value} must be a whole number of evaluations, at least 1 (or None)."),
     "train.keep_best": (lambda v: v is None or (isinstance(v, str) and selection(v) is not None),
-                        "train.keep_best {value!r} is not a validation metric; write val/accuracy, val/loss, "
+                        "train.keep_best {value} is not a validation metric; write val/accuracy, val/loss, "
                         "val/f1 or val/macro_f1, optionally with :max or :min."),
-    "init_step": (lambda v: v is None or v == "best" or (_number(v) and v >= 0 and float(v).is_integer()),
-                  "init_step {value!r} must be a checkpoint step (a whole number) or \"best\"."),
+    "init_step": (lambda v: v is None or v == "best" or (_whole(v) and v >= 0),
+                  "init_step {value} must be a checkpoint step (a whole number) or \"best\"."),
 }
+
+# data.source prefixes and what must follow them.
+SOURCE_ARGUMENTS = {"npz:": "PATH", "folder:": "PATH[@HxW]", "csv:": "PATH", "jsonl:": "PATH", "text:": "PATH",
+                    "tfds:": "NAME"}
 
 SELECTABLE = ("accuracy", "loss", "f1", "macro_f1")  # the metrics an evaluation logs
 
@@ -328,7 +416,10 @@ def _check_values(config):
             raise ConfigError.choice(key, flat[key], allowed)
     for key, (holds, message) in RANGES.items():
         if not holds(flat[key]):
-            raise ConfigError(message.format(value=flat[key]))
+            raise ConfigError(message.format(value=_show(flat[key])))
+    if config.train.steps is None and config.train.epochs is None:
+        raise ConfigError("train.steps and train.epochs are both None, so the run has no length; set one of them, "
+                          "e.g. train.epochs=10.")
     d, t = config.data, config.train
     if (t.keep_best or t.early_stop) and not (d.val_fraction or d.val_split):
         key = "train.keep_best" if t.keep_best else "train.early_stop"
@@ -341,8 +432,87 @@ def _check_values(config):
         raise ConfigError("data.val_fraction and data.val_split both name a validation split; set one of them.")
     if config.data.augment == "inception_crop" and not config.data.image_size:
         raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
+    _check_source(config.data.source)
+    _check_classes(config.data.classes, config.data.label_map)
     if config.graft is not None:
         normalize_rules(config.graft)
+    if config.finetune.lr_mults is not None:
+        lr_mult_rules(config.finetune.lr_mults)
+
+
+def _show(value) -> str:
+    """A value as a message shows it: lists of a ConfigDict as lists, strings quoted."""
+    if isinstance(value, (list, tuple)):
+        return repr(list(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _check_source(source):
+    """`npz:` with nothing after it would read the path '' ("error:  does not exist"): say what the prefix needs."""
+    source = str(source)
+    for prefix, argument in SOURCE_ARGUMENTS.items():
+        rest = source[len(prefix):] if source.startswith(prefix) else None
+        if prefix == "folder:" and rest is not None:
+            rest = re.sub(r"@\d+x\d+$", "", rest)
+        if rest is not None and not rest.strip():
+            what = "a dataset name" if argument == "NAME" else "a path"
+            raise ConfigError(f"data.source {source!r} needs {what} after the colon: write {prefix}{argument}.")
+
+
+def _class_indices(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_whole(x) and x >= 0 for x in v)
+
+
+def _check_classes(classes, label_map):
+    """data.classes and data.label_map: class indices, at least two classes kept (one class trains to loss 0 and
+    accuracy 1 and learns nothing), and a label_map that numbers its new labels 0..k-1 (a gap is an empty class)."""
+    if classes is not None:
+        if not _class_indices(classes):
+            raise ConfigError(f"data.classes must be a list of class indices (whole numbers 0 or more), not "
+                              f"{_show(classes)}: e.g. [0, 1, 2].")
+        if len(set(classes)) != len(classes):
+            raise ConfigError(f"data.classes {_show(classes)} names a class twice; list each kept class once.")
+        if len(classes) < 2:
+            raise ConfigError(f"data.classes {_show(classes)} keeps only class {classes[0]}, and a classifier of one "
+                              f"class learns nothing: keep at least 2, e.g. data.classes=[{classes[0]}, "
+                              f"{1 if classes[0] == 0 else 0}].")
+    if label_map is not None:
+        if not _class_indices(label_map):
+            raise ConfigError(f"data.label_map must give a new label (a whole number 0 or more) to each class, not "
+                              f"{_show(label_map)}: e.g. [0, 0, 1, 1].")
+        used = set(label_map)
+        if len(used) < 2:
+            raise ConfigError(f"data.label_map {_show(label_map)} maps every class to label {label_map[0]}, and a "
+                              f"classifier of one class learns nothing: map the classes to at least 2 labels, "
+                              f"e.g. [0, 0, 1, 1].")
+        gap = min(set(range(max(used) + 1)) - used, default=None)
+        if gap is not None:
+            raise ConfigError(f"data.label_map {_show(label_map)} leaves label {gap} unused, an empty class; number "
+                              f"the new labels 0..k-1 without gaps.")
+
+
+def lr_mult_rules(rules) -> list[tuple[re.Pattern, float]]:
+    """finetune.lr_mults as (compiled regex, multiplier) pairs; a bad entry is a ConfigError naming it (checked by
+    validate(); optim.path_multipliers uses the result)."""
+    if not isinstance(rules, (list, tuple)):
+        raise ConfigError(f"finetune.lr_mults must be a list of (regex, multiplier) pairs, not {_show(rules)}: "
+                          f"e.g. [('dense_.*', 0.1)].")
+    out = []
+    for rule in rules:
+        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
+            raise ConfigError(f"finetune.lr_mults entry {_show(rule)} is not a (regex, multiplier) pair; write "
+                              f"e.g. ('dense_.*', 0.1).")
+        pattern, mult = str(rule[0]), rule[1]
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"finetune.lr_mults regex {pattern!r} does not compile ({e}); fix the pattern, "
+                              f"e.g. 'dense_.*'.") from None
+        if not _real(mult) or mult < 0:
+            raise ConfigError(f"finetune.lr_mults multiplier {mult!r} for {pattern!r} must be a number of 0 or "
+                              f"more (0 freezes those leaves), e.g. 0.1.")
+        out.append((compiled, float(mult)))
+    return out
 
 
 GRAFT_ACTIONS = ("load", "init", "zero", "skip", "load_or_init", "load_if_fits")  # see graft.py
@@ -408,18 +578,53 @@ def durations(config, steps_per_epoch: int) -> Durations:
                      checkpoint_every=int(t.checkpoint_every or steps_per_epoch))
 
 
+def _exception(e: BaseException) -> str:
+    """'ValueError: the message' on one line (a message's newlines would break the one `error:` line)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def import_config_module(path: str):
-    """Imports a recipe file as a module; a missing or broken file is a ConfigError."""
-    if not os.path.isfile(path):
+    """Imports a recipe file as a module; a missing, wrong or broken file is a ConfigError."""
+    if os.path.isdir(path):
+        raise ConfigError(f"Config file {path!r} is a directory: pass a recipe file, --config=configs/NAME.py.")
+    if not os.path.exists(path):
         raise ConfigError(f"Config file {path!r} does not exist: pass --config=configs/NAME.py (see configs/).")
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise ConfigError(f"Config file {path!r} is not a Python file: pass a recipe .py file that defines "
+                          f"get_config(), --config=configs/NAME.py.")
     name = "ptft_config_" + os.path.splitext(os.path.basename(path))[0]
     try:
         spec_ = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec_)
         spec_.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any failure in user code is reported as one sentence
-        raise ConfigError(f"Config file {path!r} failed to import ({type(e).__name__}: {e}); fix the file.") from e
+        raise ConfigError(f"Config file {path!r} failed to import ({_exception(e)}); fix the file.") from e
     return module
+
+
+def _takes_preset(get_config) -> bool:
+    try:
+        inspect.signature(get_config).bind("preset")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def call_get_config(module, path: str, preset: str | None = None):
+    """`module.get_config(preset)` (or without a preset); what it raises is a ConfigError naming the file: a preset
+    its signature cannot take, or whatever its code raised (a TypeError inside it is the code's, not the preset's)."""
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"Config file {path!r} has no get_config() function; define one returning a ConfigDict.")
+    if preset and not _takes_preset(module.get_config):
+        raise ConfigError(f"Config file {path!r}: get_config() does not take the preset {preset!r}; drop "
+                          f"':{preset}' or define get_config(preset=None).")
+    try:
+        return module.get_config(preset) if preset else module.get_config()
+    except UserError:
+        raise  # e.g. recipe() naming a missing file: already one sentence
+    except Exception as e:  # noqa: BLE001 - any failure in user code is reported as one sentence
+        raise ConfigError(f"Config file {path!r}: get_config() raised {_exception(e)}; fix the file.") from e
 
 
 def recipe(name: str, preset: str | None = None) -> ml_collections.ConfigDict:
@@ -430,20 +635,13 @@ def recipe(name: str, preset: str | None = None) -> ml_collections.ConfigDict:
         name += ".py"
     caller = sys._getframe(1).f_globals.get("__file__")
     path = os.path.join(os.path.dirname(os.path.abspath(caller)) if caller else os.getcwd(), name)
-    module = import_config_module(path)
-    return module.get_config(preset) if preset is not None else module.get_config()
+    return call_get_config(import_config_module(path), path, preset)
 
 
 def load_config(spec: str, overrides=None) -> ml_collections.ConfigDict:
     """Loads `path/to/recipe.py[:preset]`, applies overrides and validates the result."""
     path, _, preset = spec.partition(":")
-    module = import_config_module(path)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"Config file {path!r} has no get_config() function; define one returning a ConfigDict.")
-    try:
-        config = module.get_config(preset) if preset else module.get_config()
-    except TypeError as e:
-        raise ConfigError(f"Config file {path!r}: get_config() does not take the preset {preset!r} ({e}).") from e
+    config = call_get_config(import_config_module(path), path, preset or None)
     return validate(apply_overrides(_complete(config), overrides))
 
 

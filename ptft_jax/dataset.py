@@ -176,8 +176,10 @@ def check_file(path: str, folder: bool = False) -> str:
     return path
 
 
-def check_labels(y, where: str, num_classes: int | None = None, classes=None) -> tuple[np.ndarray, int]:
-    """Labels as int32 and the number of classes (max label + 1, from the training labels when not given)."""
+def check_labels(y, where: str, num_classes: int | None = None, classes=None,
+                 class_names=None) -> tuple[np.ndarray, int]:
+    """Labels as int32 and the number of classes (max label + 1, from the training labels when not given; those
+    must hold at least two classes, `class_names` naming them in the message when not)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: the labels have shape {y.shape}, not [N]; store one class index per example.")
@@ -197,10 +199,45 @@ def check_labels(y, where: str, num_classes: int | None = None, classes=None) ->
         if empty:
             raise DataError(f"{where}: empty class {empty[0]} (no example has label {empty[0]}, labels go up to "
                             f"{num_classes - 1}); renumber the labels 0..k-1 without gaps.")
+        if classes is None:
+            refuse_one_class(y, where, class_names)
     elif len(y) and y.max() >= num_classes:
         raise DataError(f"{where}: label {int(y.max())} is outside the {num_classes} classes of the training "
                         f"labels; use only labels 0..{num_classes - 1}.")
     return y.astype(np.int32), num_classes
+
+
+def refuse_one_class(labels, where: str, class_names=None):
+    """Training labels of a single class train to loss 0 and accuracy 1.0 and learn nothing: a DataError naming
+    the class (and how to get more)."""
+    present = np.unique(np.asarray(labels))
+    if len(present) == 1:
+        c = int(present[0])
+        name = repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+        raise DataError(f"{where}: every training example is of class {name}, and a classifier of one class learns "
+                        f"nothing; add examples of other classes, or keep at least 2 classes with data.classes / "
+                        f"data.label_map.")
+
+
+def check_classes(ds: Dataset, cfg, where: str) -> Dataset:
+    """After data.classes / label_map: at least two classes, and every class data.classes keeps has a training
+    example (one it lacks would be a class the model is never shown). Training splits held as records (TFDS,
+    not read into memory) are checked by their number of classes only; masked-LM text has no labels."""
+    if ds.train.arrays is None:
+        if ds.num_classes < 2:
+            raise DataError(f"{where}: the dataset has {ds.num_classes} class(es); a classifier needs at least 2.")
+        return ds
+    labels = ds.train.arrays.get("label")
+    if labels is None:
+        return ds
+    if cfg.classes is not None or cfg.label_map is not None:  # (validate() saw to it that they keep 2 or more)
+        missing = sorted(set(range(ds.num_classes)) - set(np.unique(labels).tolist()))
+        if missing:
+            what = f"label {missing[0]}" if cfg.label_map is not None else f"class {cfg.classes[missing[0]]}"
+            raise DataError(f"{where}: data.classes / data.label_map keep {what}, which no training example has; "
+                            f"keep only classes the data holds.")
+    refuse_one_class(labels, where, ds.class_names)
+    return ds
 
 
 def select(split: Split, classes=None, label_map=None, per_class=None) -> Split:
@@ -218,7 +255,7 @@ def select(split: Split, classes=None, label_map=None, per_class=None) -> Split:
         labels = lookup[np.maximum(labels, 0)]
     if label_map is not None:
         label_map = np.asarray(label_map, np.int32)
-        if labels[keep].max() >= len(label_map):
+        if keep.any() and labels[keep].max() >= len(label_map):
             raise DataError(f"data.label_map has {len(label_map)} entries but labels go up to {labels[keep].max()}; "
                             f"give one new label per class.")
         labels = np.where(keep, label_map[np.clip(labels, 0, len(label_map) - 1)], -1)
@@ -246,7 +283,7 @@ def select_classes(ds: Dataset, cfg) -> Dataset:
         ds.num_classes = len(cfg.classes)
     if cfg.label_map is not None:
         ds.num_classes = int(max(cfg.label_map)) + 1
-    return ds
+    return check_classes(ds, cfg, f"data.source {cfg.source}")
 
 
 # TFDS, read through `tfds.data_source` (no TensorFlow).

@@ -1,7 +1,7 @@
 """The optimiser from `config.optim`, through optax.
 
-Its settings are checked by config.validate() (the allowed names, schedules and strategies, optim.lr > 0); the
-functions here take a validated config."""
+Its settings are checked by config.validate() (the allowed names, schedules and strategies, the ranges of the
+numbers, finetune.lr_mults); the functions here take a validated config."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ import re
 import jax
 import optax
 
-from ptft_jax.config import Durations, warmup_steps  # warmup_steps: also optim.warmup_steps, as before
+from ptft_jax.config import Durations, lr_mult_rules, warmup_steps  # warmup_steps: also optim.warmup_steps, as before
 from ptft_jax.errors import ConfigError
 
 
@@ -66,11 +66,7 @@ def _is_head(path: str) -> bool:
 
 def path_multipliers(params, finetune):
     """Per-leaf learning-rate multipliers from `finetune.lr_mults` (regex, x) and `finetune.layer_decay`."""
-    rules = []
-    for rule in finetune.lr_mults or ():
-        if not isinstance(rule, (list, tuple)) or len(rule) != 2:
-            raise ConfigError(f"finetune.lr_mults entry {rule!r} is not a (regex, multiplier) pair.")
-        rules.append((re.compile(str(rule[0])), float(rule[1])))
+    rules = lr_mult_rules(finetune.lr_mults or ())
     paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     depth = _block_depths(paths) if finetune.layer_decay else {}
 

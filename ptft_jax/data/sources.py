@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ptft_jax.data import augment, custom
-from ptft_jax.dataset import Dataset, Split, select, stratified_split, tfds_data_dir, tfds_split
+from ptft_jax.dataset import Dataset, Split, check_classes, select, stratified_split, tfds_data_dir, tfds_split
 from ptft_jax.errors import DataError
 
 
@@ -131,4 +131,4 @@ def load(cfg, log=print) -> Dataset:
         if len(getattr(ds, key)) not in (1, channels):
             raise DataError(f"data.{key} has {len(getattr(ds, key))} values but the {ds.name} images have {channels} "
                             f"channel(s); give one value per channel.")
-    return ds
+    return check_classes(ds, cfg, f"data.source {cfg.source}")

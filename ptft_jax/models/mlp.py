@@ -1,14 +1,27 @@
 """The seed's MLP: Dense(256)-ReLU-Dense(128)-ReLU-head(10) on flattened inputs."""
+import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from ptft_jax.errors import ConfigError
 
 
 class MLP(nn.Module):
     hidden: Sequence[int] = (256, 128)
     num_classes: int = 10
     dtype: Any = jnp.float32  # compute dtype; params stay float32
+
+    def __post_init__(self):
+        # model.* are open config keys, so validate() cannot check them: a width of 0, -1 or 1.5 is refused here,
+        # when models.build makes the model, rather than as a traceback from inside flax at init.
+        widths = self.hidden
+        if not isinstance(widths, (list, tuple)) or not all(
+                isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise ConfigError(f"model.hidden must be a list of layer widths, each a whole number of at least 1, not "
+                              f"{widths!r}: e.g. (256, 128), or () for no hidden layer.")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):

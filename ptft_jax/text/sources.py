@@ -216,6 +216,10 @@ def _read_rows(path: str, fmt: str) -> list[tuple[str, object, str | None]]:
         if not isinstance(text, str) or label is None or label == "" or isinstance(label, (bool, float, list, dict)):
             raise DataError(f"{path} line {i} has no text or a missing or invalid label; give a string text "
                             f"and an integer or string label.")
+        # An empty text trains as [CLS] [SEP] towards its label: refused, as no option skips such rows (an empty
+        # text_b is a valid empty second segment).
+        if not text.strip():
+            raise DataError(f"{path} line {i} has an empty text; write the text or delete the row.")
     if not rows:
         raise DataError(f"{path} holds no rows; add text,label examples.")
     if any(b is not None for *_, b in rows):
@@ -244,8 +248,7 @@ def load_text(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> Tex
     else:
         class_names = tuple(sorted(set(raw)))
         index = {c: i for i, c in enumerate(class_names)}
-        labels = np.asarray([index[label] for label in raw], np.int32)
-        num_classes = len(class_names)
+        labels, num_classes = check_labels(np.asarray([index[label] for label in raw]), path, class_names=class_names)
     (tri, trl), (tei, tel) = split_or_refuse(path, np.arange(len(texts)), labels, test_fraction, split_seed)
     name = os.path.splitext(os.path.basename(path))[0]
     pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
