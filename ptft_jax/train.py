@@ -347,14 +347,24 @@ def _finished(run: Run, state, log) -> dict:
 
 
 def evaluate(config, workdir: str, step: int | None = None, log=print) -> dict:
-    """Evaluates a checkpoint of the run in `workdir` (default: the latest) on the test split; returns the same
-    keys as `train()`."""
+    """Evaluates a checkpoint of the run in `workdir` (default: the newest that restores; a damaged newer one is
+    skipped with a warning, and left as it is) on the test split; returns the same keys as `train()`."""
     run = build_run(config, workdir, log=log)
     try:
-        step = step if step is not None else run.ckpt.latest_step()
-        if step is None:
+        steps = [step] if step is not None else sorted(run.ckpt.all_steps(), reverse=True)
+        if not steps:
             raise CheckpointError(f"No checkpoint in {run.ckpt.directory}; train first with the same --workdir.")
-        state = run.ckpt.restore(step, init_state(run))
+        target, failed = init_state(run), []
+        for step in steps:
+            try:
+                state = run.ckpt.restore(step, target)
+                break
+            except CheckpointError as e:
+                failed.append((step, e))
+        if len(failed) == len(steps):
+            raise failed[0][1]
+        for bad, e in failed:
+            log(f"warning: checkpoint step {bad} is damaged ({str(e.__cause__ or e)[:200]}); evaluating step {step}")
         ev = _evaluator(run, False)(state)
     finally:
         run.ckpt.close()
