@@ -164,7 +164,7 @@ def test_text_classifier_predicts_in_batches(tmp_path):
     probs = ptft_jax.predict(workdir, texts)
     np.testing.assert_allclose(ptft_jax.predict(workdir, texts, batch_size=3), probs, rtol=1e-5, atol=1e-6)
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    rows = rows_of(workdir, str(tmp_path / "texts.txt"), batch_size=2)
+    rows = rows_of(workdir, str(tmp_path / "texts.txt"), batch_size=3)
     assert [r["index"] for r in rows] == list(range(7))
     assert [r["class"] for r in rows] == [["negative", "neutral", "positive"][k] for k in probs.argmax(-1)]
     np.testing.assert_allclose([r["probabilities"] for r in rows], probs, atol=1e-5)

@@ -17,6 +17,7 @@ import collections
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -210,7 +211,8 @@ def predict_images(inputs, shape, size: int | None = None, crop: bool = False):
 
     `inputs`: an array (uint8 0..255, integers in 0..255 or floats in [0, 1]; [N,H,W,C], one [H,W,C] image,
     [N,H,W] / [H,W] for a one-channel model, or flattened [N, H*W*C]), or the path of an .npy (memory-mapped), an
-    .npz (array `x`), an image file or a folder of images (searched recursively). `names` are the files' paths
+    .npz (its array `x`, which NumPy reads whole: large sets belong in an .npy), an image file or a folder of images
+    (searched recursively). `names` are the files' paths
     relative to the folder (or the file's name), None for arrays. `size` (the run's data.image_size): every image
     is seen as training evaluated it, resized to size x size, after a centre crop of 87.5% of its shorter side
     when `crop` (inception_crop runs). Every problem is found here, before anything is predicted, except a file
@@ -233,6 +235,9 @@ def predict_images(inputs, shape, size: int | None = None, crop: bool = False):
             raise DataError(f"Input {path} is not an .npy or .npz file (no NumPy or zip header); save the images "
                             f"with np.save(path, images) or np.savez(path, x=images).")
         files, names = [path], [os.path.basename(path)]
+    if c not in _MODES:
+        raise DataError(f"The model takes {c}-channel images, which image files do not hold; pass an array or an "
+                        f".npy of [N,H,W,{c}] images.")
     for f in files:  # headers only: a file that is not an image is named before anything is predicted
         _read(f, lambda im: im.size)
 
@@ -260,7 +265,8 @@ def _image_files(root: str) -> list[str]:
 
 
 def _load_array(path: str, npy: bool) -> np.ndarray:
-    """An .npy memory-mapped (read a batch at a time), or array `x` of an .npz; never unpickled."""
+    """An .npy memory-mapped (read a batch at a time), or array `x` of an .npz (read whole: a zip member cannot be
+    mapped); never unpickled."""
     try:
         if npy:
             return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -274,7 +280,7 @@ def _load_array(path: str, npy: bool) -> np.ndarray:
             raise DataError(f"Input {path} is a damaged NumPy file ({e}); save the images again.") from None
         raise DataError(f"Input {path} holds Python objects (a pickled or ragged array), which are never loaded "
                         f"(unpickling can run code); save a numeric array of images of one shape.") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"Input {path} is a damaged NumPy file ({type(e).__name__}: {e}); save the images "
                         f"again.") from None
 
@@ -283,6 +289,8 @@ def _array_images(x: np.ndarray, where: str, shape, size, crop):
     """(count, read) of an array of images; its shape and pixel values checked first (see predict_images)."""
     h, w, c = shape
     _check_dtype(x, where)
+    if x.size == 0:
+        raise DataError(f"{where} holds no images; pass at least one.")
     flat = int(np.prod(shape))
     if x.ndim == 1 and x.size == flat:  # one flattened image
         x = x.reshape(1, *shape)
@@ -294,8 +302,6 @@ def _array_images(x: np.ndarray, where: str, shape, size, crop):
         trained = f"{c}-channel images" if size else f"images of shape {tuple(shape)}"
         raise DataError(f"{where} has shape {x.shape} but the model was trained on {trained}; pass [N,H,W,C] "
                         f"(or [N,H,W] for one channel) images of that shape.")
-    if len(x) == 0:
-        raise DataError(f"{where} holds no images; pass at least one.")
     check_pixels(x, where)
 
     def read(i, j):
