@@ -14,8 +14,10 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints/, 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report"], "What to do; report: a sweep's table.")
 flags.DEFINE_bool("sweep", False, "Run every member of the config file's get_sweep() in WORKDIR/<member>.")
 flags.DEFINE_bool("sweep_print", False, "Print one launch command per sweep member instead of running them.")
-flags.DEFINE_string("input", None, "predict: an .npz (array x) or .npy of images, an image file, or a folder; "
-                    "for a text classifier a text file, one text a line.")
+flags.DEFINE_string("input", None, "predict: an .npy (memory-mapped) or .npz (array x) of images, uint8 0-255 "
+                    "or float 0-1 (other values are refused), [N,H,W,C] or [N,H,W]; an image file; or a folder of "
+                    "images (recursive; each line names its file); for a text classifier a text file, one text a "
+                    "line, or a .jsonl of {\"text\"[, \"text_b\"]}.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose run had a different config.")
 flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")

@@ -110,7 +110,7 @@ def make_eval_fn(model, task, par):
 
 
 def make_predict_fn(model, task):
-    """predict(params, model_state, batch) -> class probabilities; `batch` from `task.predict_batch`."""
+    """predict(params, model_state, batch) -> class probabilities; `batch` from `task.predict_inputs(...).read`."""
     @jax.jit
     def predict(params, model_state, batch):
         logits, _ = forward(model, params, model_state, task.inputs(batch), False)

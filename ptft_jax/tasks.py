@@ -15,7 +15,7 @@ The model's name picks the task (`from_config`); a run's data.json records the t
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,14 @@ from ptft_jax.text.sources import is_text_source, read_predict_texts
 from ptft_jax.text.tokenizer import WordPieceTokenizer
 
 TEXT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+class PredictInputs(NamedTuple):
+    """What a task makes of predict's inputs: `read(i, j)` gives the host batch of inputs i..j-1 (NumPy arrays),
+    so that predict never holds more than a batch; `names` (files' names, or None) label the results."""
+    names: list[str] | None
+    count: int
+    read: Callable[[int, int], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +153,13 @@ class ImageClassification(Task):
             shape = (data_cfg.image_size, data_cfg.image_size, shape[-1])
         return int(np.prod(shape)) + 4  # uint8 pixels and an int32 label
 
-    def predict_batch(self, inputs, info):
-        return {"image": jnp.asarray(custom.predict_images(inputs, tuple(info["image_shape"])))}
+    def predict_inputs(self, inputs, info, config) -> PredictInputs:
+        """Images seen as the run's evaluation saw them: at data.image_size, centre-cropped for inception_crop
+        (config.json says which), else at the trained shape."""
+        data = config.get("data") or {}
+        names, count, read = custom.predict_images(inputs, tuple(info["image_shape"]), data.get("image_size"),
+                                                   data.get("augment") == "inception_crop")
+        return PredictInputs(names, count, lambda i, j: {"image": read(i, j)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +180,15 @@ class TextClassification(Task):
     def eval_sums(self, logits, batch):
         return _classification_sums(logits, batch)
 
-    def predict_batch(self, inputs, info):
+    def predict_inputs(self, inputs, info, config) -> PredictInputs:
+        """Texts tokenised a batch at a time, at the run's max_len."""
         texts, pairs = read_predict_texts(inputs)
+        if not texts:
+            raise DataError("There is no text to classify (the input is empty); pass at least one text.")
         tok = WordPieceTokenizer.load(info["tokenizer_dir"])
-        return {k: jnp.asarray(v) for k, v in tok.encode(texts, pairs, max_len=int(info["max_len"])).items()}
+        max_len = int(info["max_len"])
+        return PredictInputs(None, len(texts), lambda i, j: tok.encode(
+            texts[i:j], None if pairs is None else pairs[i:j], max_len=max_len))
 
 
 def _mlm_sums(logits, batch, weights):
@@ -218,7 +236,7 @@ class MaskedLM(Task):
             ds.val = Split(ds.val.size, arrays=masked)
         return ds
 
-    def predict_batch(self, inputs, info):
+    def predict_inputs(self, inputs, info, config) -> PredictInputs:
         raise DataError("A masked-LM pretraining run has no classes to predict; fine-tune it into a classifier "
                         "(init_from) and predict with that run.")
 

@@ -458,8 +458,9 @@ def _finished(run: Run, state, select, log) -> dict:
 
 
 def evaluate(config, workdir: str, step: int | str | None = None, log=print) -> dict:
-    """Evaluates a checkpoint of the run in `workdir` on the test split: its latest, a step, or "best" (the
-    train.keep_best checkpoint in WORKDIR/best); returns the same keys as `train()`."""
+    """Evaluates a checkpoint of the run in `workdir` on the test split: by default the newest that restores (a
+    damaged newer one is skipped with a warning, and left as it is), or a step, or "best" (the train.keep_best
+    checkpoint in WORKDIR/best); returns the same keys as `train()`."""
     run = build_run(config, workdir, log=log)
     ckpt = run.ckpt
     if step == "best":
@@ -468,10 +469,22 @@ def evaluate(config, workdir: str, step: int | str | None = None, log=print) -> 
             raise CheckpointError(f"{run.workdir} has no best checkpoint (train.keep_best was not set); evaluate "
                                   f"its latest checkpoint instead.")
     try:
-        step = ckpt.latest_step() if step in (None, "best") else int(step)
-        if step is None:
+        if step == "best":
+            step = ckpt.latest_step()
+        steps = [int(step)] if step is not None else sorted(ckpt.all_steps(), reverse=True)
+        if not steps:
             raise CheckpointError(f"No checkpoint in {ckpt.directory}; train first with the same --workdir.")
-        state = ckpt.restore(step, init_state(run))
+        target, failed = init_state(run), []
+        for step in steps:
+            try:
+                state = ckpt.restore(step, target)
+                break
+            except CheckpointError as e:
+                failed.append((step, e))
+        if len(failed) == len(steps):
+            raise failed[0][1]
+        for bad, e in failed:
+            log(f"warning: checkpoint step {bad} is damaged ({str(e.__cause__ or e)[:200]}); evaluating step {step}")
         ev = _evaluator(run, False)(state)
     finally:
         for closing in {id(c): c for c in (ckpt, run.ckpt, run.best) if c is not None}.values():

@@ -1,6 +1,6 @@
 """Run options and modes that had no test of their own: train.steps_per_call, train.keep, init_step,
---mode=evaluate, and predict from an image folder (data.in_memory is in test_foundation.py, beside the TFDS mock
-data). Tiny runs: a (16,) MLP on digits, a few dozen steps."""
+and --mode=evaluate (data.in_memory is in test_foundation.py, beside the TFDS mock data; predict from an image
+folder is in test_predict.py). Tiny runs: a (16,) MLP on digits, a few dozen steps."""
 import json
 import os
 
@@ -9,7 +9,7 @@ import pytest
 
 import ptft_jax
 
-from conftest import DIGITS, FINETUNE, digits_images, launch, params_of, quiet, saved_steps
+from conftest import DIGITS, FINETUNE, launch, params_of, quiet, saved_steps
 
 
 def tiny(**over):
@@ -99,23 +99,3 @@ def test_evaluate_mode_on_an_empty_workdir_is_one_error_line(tmp_path):
     errors = [line for line in empty.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "No checkpoint in" in errors[0] and "train first" in errors[0], empty.stderr
     assert "Traceback" not in empty.stderr
-
-
-def test_predict_from_an_image_folder_equals_predict_from_the_array(digits_pretrained, tmp_path):
-    from PIL import Image
-    pt = digits_pretrained.workdir
-    x, _ = digits_images(5, start=1000)
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(x):
-        Image.fromarray(image[..., 0], mode="L").save(folder / f"{i:02d}.png")
-    from_array = ptft_jax.predict(pt, x)
-    from_folder = ptft_jax.predict(pt, str(folder))
-    assert from_array.shape == (5, 10) and np.allclose(from_array.sum(-1), 1, atol=1e-5)
-    np.testing.assert_allclose(from_folder, from_array, rtol=1e-6, atol=1e-7)
-    out = launch("--mode=predict", f"--workdir={pt}", f"--input={folder}")
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
-    assert [r["class"] for r in rows] == from_array.argmax(-1).tolist()
-    np.testing.assert_allclose([r["probabilities"] for r in rows], from_array, atol=1e-5)

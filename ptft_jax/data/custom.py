@@ -17,14 +17,17 @@ import collections
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
+from ptft_jax.data import augment
 from ptft_jax.dataset import Dataset, Split, check_file, check_labels, split_or_refuse
 from ptft_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16")
+CHUNK = 4096  # images checked at a time
 
 
 def load_images(source: str, cfg) -> Dataset:
@@ -48,21 +51,46 @@ def _dataset(name, xtr, ytr, xte, yte, num_classes, class_names=None) -> Dataset
                    num_classes, tuple(float(m) for m in mean), tuple(float(s) for s in std), class_names)
 
 
+def _check_dtype(x: np.ndarray, where: str):
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: the images have dtype {x.dtype}; use uint8 0..255 (or integers in 0..255) or "
+                        f"float 0..1.")
+
+
+def check_pixels(x: np.ndarray, where: str):
+    """Refuses pixels outside the contract (uint8 0..255, other integers in 0..255, or floats in [0, 1]; no NaN),
+    in one sentence naming the range found. Reads CHUNK images at a time, so an mmap'd .npy is never read whole."""
+    _check_dtype(x, where)
+    if x.dtype == np.uint8 or x.size == 0:
+        return
+    lo, hi = None, None
+    for i in range(0, len(x), CHUNK):
+        part = x[i:i + CHUNK]
+        if x.dtype.kind == "f" and not np.isfinite(part).all():
+            raise DataError(f"{where}: the images hold NaN or infinite pixel values; replace them (np.nan_to_num) "
+                            f"or drop those images.")
+        lo = part.min() if lo is None else min(lo, part.min())
+        hi = part.max() if hi is None else max(hi, part.max())
+    if x.dtype.kind == "f" and (lo < 0 or hi > 1):
+        raise DataError(f"{where}: float images must be in [0, 1] (found {lo:g}..{hi:g}); divide 0..255 values by "
+                        f"255, or pass uint8 0..255.")
+    if x.dtype.kind != "f" and (lo < 0 or hi > 255):
+        raise DataError(f"{where}: integer images must be in 0..255 (found {lo}..{hi}); rescale them to uint8 "
+                        f"0..255 or float 0..1.")
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Pixels that passed `check_pixels` as uint8 (floats in [0, 1] scaled by 255 and rounded)."""
+    return np.round(x * 255).astype(np.uint8) if x.dtype.kind == "f" else x.astype(np.uint8)
+
+
 def _as_images(x: np.ndarray, where: str) -> np.ndarray:
-    if x.dtype.kind not in "uif":
-        raise DataError(f"{where}: the images have dtype {x.dtype}; store uint8 0..255 or float 0..1.")
+    _check_dtype(x, where)
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{where}: the images have shape {x.shape}; use [N,H,W,C], [N,H,W] or [N,D].")
     x = x[:, None, :, None] if x.ndim == 2 else x[..., None] if x.ndim == 3 else x
-    if x.dtype.kind == "f":
-        if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-            raise DataError(f"{where}: float images must be in [0, 1] (found {np.nanmin(x):g}..{np.nanmax(x):g}); "
-                            f"scale them or store uint8 0..255.")
-        return np.round(x * 255).astype(np.uint8)
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise DataError(f"{where}: integer images must be in 0..255 (found {x.min()}..{x.max()}); "
-                        f"scale them or store float 0..1.")
-    return x.astype(np.uint8)
+    check_pixels(x, where)
+    return to_uint8(x)
 
 
 def load_npz(path: str, cfg) -> Dataset:
@@ -172,46 +200,117 @@ def load_folder(spec: str, cfg) -> Dataset:
     return _dataset(os.path.basename(os.path.normpath(path)), xtr, ytr, xte, yte, len(names), tuple(names))
 
 
-def read_images(path: str, image_shape) -> np.ndarray:
-    """uint8 images [N,H,W,C] from an .npz (array `x`), a .npy, an image file, or a folder of images, image files
-    converted and resized to `image_shape`."""
-    from PIL import Image
+# --- predict: the user's images, read a batch at a time ---------------------------------------------------------
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_NPY, _ZIP = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")  # NumPy's .npy magic; a zip (.npz) file's
+
+
+def predict_images(inputs, shape, size: int | None = None, crop: bool = False):
+    """The images to predict as (names, count, read): `read(i, j)` gives images i..j-1 as uint8 [n, *shape].
+
+    `inputs`: an array (uint8 0..255, integers in 0..255 or floats in [0, 1]; [N,H,W,C], one [H,W,C] image,
+    [N,H,W] / [H,W] for a one-channel model, or flattened [N, H*W*C]), or the path of an .npy (memory-mapped), an
+    .npz (its array `x`, which NumPy reads whole: large sets belong in an .npy), an image file or a folder of images
+    (searched recursively). `names` are the files' paths
+    relative to the folder (or the file's name), None for arrays. `size` (the run's data.image_size): every image
+    is seen as training evaluated it, resized to size x size, after a centre crop of 87.5% of its shorter side
+    when `crop` (inception_crop runs). Every problem is found here, before anything is predicted, except a file
+    whose image data (not its header) is damaged, which `read` names when it reaches it."""
+    h, w, c = shape
+    if not isinstance(inputs, (str, os.PathLike)):
+        return None, *_array_images(np.asarray(inputs), "The input array", shape, size, crop)
+    path = os.fspath(inputs)
     if not os.path.exists(path):
         raise DataError(f"Input {path} does not exist; pass an .npz/.npy of images, an image file or a folder.")
-    h, w, c = image_shape
-
-    def load_image(p):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if c == 1 else "RGB").resize((w, h))
-                return np.asarray(im, np.uint8).reshape(h, w, c)
-        except OSError as e:
-            raise DataError(f"Input image {p} cannot be read ({e}); pass a PNG or JPEG file.") from None
-
     if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if not f.startswith("."))
-        if not files:
-            raise DataError(f"Input folder {path} holds no images.")
-        return np.stack([load_image(os.path.join(path, f)) for f in files])
-    if path.endswith(".npz"):
+        files = _image_files(path)
+        names = [os.path.relpath(f, path).replace(os.sep, "/") for f in files]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head == _NPY or head[:4] in _ZIP:
+            return None, *_array_images(_load_array(path, head == _NPY), path, shape, size, crop)
+        if path.lower().endswith((".npy", ".npz")):
+            raise DataError(f"Input {path} is not an .npy or .npz file (no NumPy or zip header); save the images "
+                            f"with np.save(path, images) or np.savez(path, x=images).")
+        files, names = [path], [os.path.basename(path)]
+    if c not in _MODES:
+        raise DataError(f"The model takes {c}-channel images, which image files do not hold; pass an array or an "
+                        f".npy of [N,H,W,{c}] images.")
+    for f in files:  # headers only: a file that is not an image is named before anything is predicted
+        _read(f, lambda im: im.size)
+
+    def load(file):
+        def view(im):
+            im = im.convert(_MODES[c])
+            if size:
+                return _view(np.asarray(im, np.uint8).reshape(im.height, im.width, c), size, crop)
+            return np.asarray(im.resize((w, h)), np.uint8).reshape(h, w, c)
+        return _read(file, view)
+
+    return names, len(files), lambda i, j: np.stack([load(f) for f in files[i:j]])
+
+
+def _image_files(root: str) -> list[str]:
+    """Every file under `root`, sorted by path (hidden names skipped), or a DataError when there is none."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [os.path.join(folder, f) for f in names if not f.startswith(".")]
+    files.sort(key=lambda f: os.path.relpath(f, root).split(os.sep))
+    if not files:
+        raise DataError(f"Input folder {root} holds no images; put the images to predict in it.")
+    return files
+
+
+def _load_array(path: str, npy: bool) -> np.ndarray:
+    """An .npy memory-mapped (read a batch at a time), or array `x` of an .npz (read whole: a zip member cannot be
+    mapped); never unpickled."""
+    try:
+        if npy:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         with np.load(path, allow_pickle=False) as z:
-            if "x" not in z:
-                raise DataError(f"Input {path} has no array named 'x'; save the images as x=...")
+            if "x" not in z.files:
+                raise DataError(f"Input {path} has no array 'x' (it holds {', '.join(z.files) or 'nothing'}); save "
+                                f"the images with np.savez(path, x=images).")
             return z["x"]
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    return load_image(path)[None]
+    except ValueError as e:
+        if "object" not in str(e).lower():
+            raise DataError(f"Input {path} is a damaged NumPy file ({e}); save the images again.") from None
+        raise DataError(f"Input {path} holds Python objects (a pickled or ragged array), which are never loaded "
+                        f"(unpickling can run code); save a numeric array of images of one shape.") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"Input {path} is a damaged NumPy file ({type(e).__name__}: {e}); save the images "
+                        f"again.") from None
 
 
-def predict_images(inputs, shape) -> np.ndarray:
-    """Images to predict as uint8 [N, *shape]: a path (`read_images`), or an array of uint8 or [0, 1] floats, one
-    image or many, in the shape trained on or flattened."""
-    x = read_images(inputs, shape) if isinstance(inputs, (str, os.PathLike)) else np.asarray(inputs)
-    if x.ndim == len(shape):
-        x = x[None]
-    if np.issubdtype(x.dtype, np.floating):
-        x = np.round(np.clip(x, 0, 1) * 255)
-    x = x.reshape((-1, *shape)) if x[0].size == int(np.prod(shape)) else x
-    if tuple(x.shape[1:]) != shape:
-        raise DataError(f"Inputs have shape {tuple(x.shape[1:])} but the model was trained on {shape}.")
-    return x.astype(np.uint8)
+def _array_images(x: np.ndarray, where: str, shape, size, crop):
+    """(count, read) of an array of images; its shape and pixel values checked first (see predict_images)."""
+    h, w, c = shape
+    _check_dtype(x, where)
+    if x.size == 0:
+        raise DataError(f"{where} holds no images; pass at least one.")
+    flat = int(np.prod(shape))
+    if x.ndim == 1 and x.size == flat:  # one flattened image
+        x = x.reshape(1, *shape)
+    elif x.ndim == 2:  # flattened images (or feature vectors), else one grayscale image
+        x = x.reshape(-1, *shape) if x.shape[1] == flat else x[None, ..., None] if c == 1 else x
+    elif x.ndim == 3:  # one image, else grayscale images without their channel axis
+        x = x[None] if x.shape == tuple(shape) or x.shape[-1] == c else x[..., None] if c == 1 else x
+    if x.ndim != 4 or x.shape[-1] != c or (not size and x.shape[1:3] != (h, w)):
+        trained = f"{c}-channel images" if size else f"images of shape {tuple(shape)}"
+        raise DataError(f"{where} has shape {x.shape} but the model was trained on {trained}; pass [N,H,W,C] "
+                        f"(or [N,H,W] for one channel) images of that shape.")
+    check_pixels(x, where)
+
+    def read(i, j):
+        part = to_uint8(np.asarray(x[i:j]))
+        return np.stack([_view(image, size, crop) for image in part]) if size else part
+
+    return len(x), read
+
+
+def _view(image: np.ndarray, size: int, crop: bool) -> np.ndarray:
+    """One HxWxC uint8 image as training evaluates it at data.image_size (augment.SizedRecords)."""
+    return augment.resize(image, size, augment.centre_box(*image.shape[:2]) if crop else None)
