@@ -47,7 +47,7 @@ def read_run(workdir: str) -> tuple[dict, dict]:
 
 def predict(workdir: str, inputs, step: int | str | None = None, batch_size: int = BATCH, log=_stderr) -> np.ndarray:
     """Probabilities [N, num_classes] for `inputs` from the run in `workdir`: its newest checkpoint that restores
-    (a damaged newer one is skipped, with a `log` line naming the step used), or `step`.
+    (a damaged newer one is skipped, with a `log` line naming the step used), or `step` (a step, or "best").
 
     Images: an array of uint8 0..255, of integers in 0..255 or of floats in [0, 1] (any other values, NaN
     included, are refused), shaped [N,H,W,C] or one [H,W,C] image ([N,H,W] or [H,W] for a one-channel model); or
