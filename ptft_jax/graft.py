@@ -12,11 +12,12 @@ inside its collection, e.g. `dense_0/kernel`. The first rule whose regex matches
         initialisation (e.g. BERT's pooler, which a masked-LM checkpoint lacks and a classifier's has)
   load_if_fits  load when the checkpoint has the path with the same shape, else keep the fresh initialisation
         (e.g. a published classifier's head: kept for the same number of classes, new for another)
-A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, listing every
-offending path with both shapes, when a fresh path matches no rule, when a `load` path is missing from the
-checkpoint or has another shape, or when a checkpoint path is left unused and no rule names it (so nothing is
-dropped silently). The report records the source checkpoint's path, step and a content
-hash, and is written to WORKDIR/graft.json by fine-tuning runs.
+A checkpoint path left unused is fine when a rule other than `load` names it. It is an error, naming the first
+offending paths with both shapes (every one in a file the error names), when a fresh path matches no rule, when
+a `load` path is missing from the checkpoint or has another shape, or when a checkpoint path is left unused and
+no rule names it (so nothing is dropped silently). The report records the source checkpoint's path, step and a
+content hash, and is written to WORKDIR/graft.json by fine-tuning runs (the console shows it grouped by module:
+GraftReport.table).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -32,10 +34,12 @@ import numpy as np
 from ptft_jax.checkpoint import InitFrom, Published, load_checkpoint  # noqa: F401 (load_checkpoint: part of this API)
 from ptft_jax.config import DEFAULT_RULES, normalize_rules  # noqa: F401 (DEFAULT_RULES: part of this API)
 from ptft_jax.errors import CheckpointError
+from ptft_jax.files import write_text
 
 
 class GraftError(CheckpointError):
-    """The checkpoint does not fit the fresh model under the rules; the message lists every offending path."""
+    """The checkpoint does not fit the fresh model under the rules; the message names the first offending paths
+    and the file that lists them all."""
 
 
 @dataclasses.dataclass
@@ -55,23 +59,89 @@ class GraftReport:
         out["skip"] = len(self.skipped)
         return out
 
-    def table(self) -> str:
-        lines = [f"graft from {self.source or '<in-memory tree>'} (step {self.step}, sha256 {self.content_hash[:16]})",
-                 f"{'path':<48} {'action':<6} {'shape':<16} checkpoint"]
-        for r in self.rows:
-            lines.append(f"{r['path']:<48} {r['action']:<6} {str(tuple(r['shape'])):<16} "
-                         f"{'-' if r['checkpoint_shape'] is None else tuple(r['checkpoint_shape'])}")
-        for p, shape in self.skipped:
-            lines.append(f"{p:<48} {'skip':<6} {'-':<16} {tuple(shape)}")
+    def table(self, verbose: bool = False) -> str:
+        """What the graft did, for the console: leaves grouped by module and action in a few lines (e.g.
+        `block_0..7/**  load  92 leaves`), or every leaf with both shapes when `verbose` (graft.json has them too).
+
+        A replaced head shows twice, and that is right: the new model's leaves (`init`), then the checkpoint's
+        own leaves of the same paths, left unused (`skip`; another shape when the number of classes changed)."""
+        lines = [f"graft from {self.source or '<in-memory tree>'} (step {self.step}, sha256 {self.content_hash[:16]})"]
+        fresh = [(r["path"], r["action"]) for r in self.rows]
+        unused = [(p, "unused") for p, _ in self.skipped]
+        if verbose:
+            lines.append(f"{'path':<48} {'action':<6} {'shape':<16} checkpoint")
+            for r in self.rows:
+                lines.append(f"{r['path']:<48} {r['action']:<6} {str(tuple(r['shape'])):<16} "
+                             f"{'-' if r['checkpoint_shape'] is None else tuple(r['checkpoint_shape'])}")
+            if self.skipped:
+                lines.append("checkpoint leaves left unused (a rule names them):")
+            for p, shape in self.skipped:
+                lines.append(f"{p:<48} {'skip':<6} {'-':<16} {tuple(shape)}")
+        else:
+            fresh_rows, unused_rows = _grouped(fresh, 7), _grouped(unused, 2)
+            width = max(len(r[0]) for r in fresh_rows + unused_rows)
+            lines.append("  the new model's leaves:")
+            lines += _format(fresh_rows, width)
+            if unused:
+                replaced = len({p for p, _ in fresh} & {p for p, _ in unused})
+                lines.append("  the checkpoint's leaves left unused (a rule names them" +
+                             (f"; {replaced} of them replaced by the new model's own, above):" if replaced else "):"))
+                lines += _format(unused_rows, width)
         c = self.counts()
-        lines.append(f"loaded {c['load']}, initialised {c['init']}, zeroed {c['zero']}, "
-                     f"checkpoint leaves skipped {len(self.skipped)}")
+        lines.append(f"loaded {c['load']}, initialised {c['init']}, zeroed {c['zero']}, checkpoint leaves left "
+                     f"unused {len(self.skipped)}" + ("" if verbose else " (every leaf: graft.json in the workdir, "
+                                                     "or --verbosity=1)"))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["counts"] = self.counts()
         return d
+
+
+def _grouped(leaves, most: int) -> list[str]:
+    """(name, action, leaves, per collection) rows, e.g. ('block_0..7/**', 'load', 95, ' (params 57, batch_stats
+    38)'), for (collection/path, action) pairs: one per top-level module name (its number stripped) and action,
+    at most `most` (the rest summed in the last)."""
+    groups: dict = {}
+    for path, action in leaves:
+        collection, _, rest = path.partition("/")
+        top = rest.split("/", 1)[0]
+        m = re.fullmatch(r"(.*?)(_?)(\d+)", top)
+        stem, number = ((m.group(1) + m.group(2)), int(m.group(3))) if m else (top, None)
+        g = groups.setdefault((stem, action), {"numbers": set(), "collections": {}, "nested": False})
+        if number is not None:
+            g["numbers"].add(number)
+        g["nested"] |= "/" in rest
+        g["collections"][collection] = g["collections"].get(collection, 0) + 1
+    rows = []
+    for (stem, action), g in groups.items():
+        name = stem + _numbers(sorted(g["numbers"])) + ("/**" if g["nested"] else "")
+        by = sorted(g["collections"].items(), key=lambda kv: (kv[0] != "params", kv[0]))
+        rows.append((name, action, sum(g["collections"].values()),
+                     f" ({', '.join(f'{c} {k}' for c, k in by)})" if len(by) > 1 else ""))
+    if len(rows) > most:
+        rest = rows[most - 1:]
+        by_action: dict = {}
+        for _, action, n, _ in rest:
+            by_action[action] = by_action.get(action, 0) + n
+        rows = rows[:most - 1] + [(f"{len(rest)} more modules", "/".join(by_action), sum(by_action.values()),
+                                   f" ({', '.join(f'{a} {n}' for a, n in by_action.items())})")]
+    return rows
+
+
+def _format(rows, width: int) -> list[str]:
+    return [f"    {name:<{width}}  {action:<6} {n:>4} {'leaf' if n == 1 else 'leaves'}{split}"
+            for name, action, n, split in rows]
+
+
+def _numbers(numbers: list[int]) -> str:
+    """[] -> '', [3] -> '3', [0..7] -> '0..7', [0, 2, 5] -> '0,2,5'."""
+    if not numbers:
+        return ""
+    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}..{numbers[-1]}"
+    return ",".join(map(str, numbers))
 
 
 def flatten(tree) -> dict[str, Any]:
@@ -106,6 +176,30 @@ def _rule_for(path: str, rules, fresh: bool = False) -> str | None:
     return None
 
 
+SHOWN_PATHS = 5  # offending paths a GraftError's sentence names; the rest are in its file
+
+
+def _error(source, problems, errors_file: str | None) -> str:
+    """The one sentence of a GraftError: every kind of problem with its first paths (SHOWN_PATHS over all kinds,
+    at least one each), and, when some paths are left out of it, the file that lists them all."""
+    left, parts, hidden = SHOWN_PATHS, [], 0
+    for what, paths in problems:
+        shown = paths[:max(left, 1)]
+        left -= len(shown)
+        hidden += len(paths) - len(shown)
+        more = f" and {len(paths) - len(shown)} more" if len(paths) > len(shown) else ""
+        parts.append(f"{what}: {', '.join(shown)}{more}")
+    where = ""
+    if hidden:
+        if errors_file is None:
+            fd, errors_file = tempfile.mkstemp(prefix="ptft_graft_errors_", suffix=".txt")
+            os.close(fd)
+        write_text(errors_file, "".join(f"{what}:\n" + "".join(f"  {p}\n" for p in paths) for what, paths in problems))
+        where = f"; all {sum(len(p) for _, p in problems)} are listed in {errors_file}"
+    return (f"Cannot graft {source or 'the checkpoint'} into this model ({'; '.join(parts)}{where}); "
+            f"fix config.graft (rules are (regex, load|init|zero), first match wins) or init_from.")
+
+
 def content_hash(flat_by_collection: Mapping[str, Mapping[str, Any]]) -> str:
     h = hashlib.sha256()
     for c in sorted(flat_by_collection):
@@ -116,12 +210,15 @@ def content_hash(flat_by_collection: Mapping[str, Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = None):
+def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = None,
+          errors_file: str | None = None):
     """Returns (variables, GraftReport): `fresh_variables` with leaves taken from `checkpoint` by `rules`.
 
     `checkpoint` is a run's workdir, a checkpoint step directory, `hf:DIR` / `torch:FILE` (published weights), an
     `InitFrom` / `Published`, or a variables-like tree
     ({"params": ..., "batch_stats": ...}, or a raw saved state with "params" and "model_state").
+    A GraftError names the first few offending paths; when there are more, all of them go to `errors_file`
+    (default: a new temporary file), which the error names.
     """
     rules = normalize_rules(rules)
     source = None
@@ -178,18 +275,11 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
                 skipped.append((f"{c}/{path}", list(np.shape(value))))
             else:
                 unexplained.append(f"{c}/{path} {tuple(np.shape(value))}")
-    problems = []
-    if uncovered:
-        problems.append(f"fresh paths no rule covers: {', '.join(uncovered)}")
-    if missing:
-        problems.append(f"'load' paths missing from the checkpoint: {', '.join(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {', '.join(mismatched)}")
-    if unexplained:
-        problems.append(f"checkpoint paths left unused that no rule names: {', '.join(unexplained)}")
+    problems = [(what, paths) for what, paths in (
+        ("fresh paths no rule covers", uncovered), ("'load' paths missing from the checkpoint", missing),
+        ("shape mismatches", mismatched), ("checkpoint paths left unused that no rule names", unexplained)) if paths]
     if problems:
-        raise GraftError(f"Cannot graft {source or 'the checkpoint'} into this model ({'; '.join(problems)}); "
-                         f"fix config.graft (rules are (regex, load|init|zero), first match wins) or init_from.")
+        raise GraftError(_error(source, problems, errors_file))
     variables = {c: unflatten(leaves) for c, leaves in out.items()}
     report = GraftReport(source, step, content_hash(ck), [list(r) for r in rules], rows, skipped, file_sha256)
     return variables, report

@@ -96,30 +96,65 @@ class MetricsFile:
         return rows
 
 
-class Console:
-    """Progress for a long loop: a tqdm bar on a terminal, plain periodic lines when not a TTY."""
+class SteadyRate:
+    """Steps/s of steady training: the steps of the calls counted over the seconds the clock ran. The loop pauses it
+    for what is not training (a call that compiles, evaluating, saving), so that the ETA it gives does not count
+    a 10 s compile as 10 s of every later step. jax runs calls asynchronously: the caller waits for the device
+    before pause() and before reading rate(), else the time of queued steps is lost or misplaced."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True, stream=None):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.steps, self.seconds = 0, 0.0
+        self._since = None  # when the clock last resumed; None while paused
+
+    def resume(self):
+        if self._since is None:
+            self._since = self.clock()
+
+    def pause(self):
+        if self._since is not None:
+            self.seconds += self.clock() - self._since
+            self._since = None
+
+    def count(self, steps: int):
+        self.steps += steps
+
+    def rate(self) -> float | None:
+        """Steps/s so far; None before any counted step."""
+        seconds = self.seconds + (self.clock() - self._since if self._since is not None else 0.0)
+        return self.steps / seconds if self.steps and seconds > 0 else None
+
+
+class Console:
+    """Progress for a long loop: a tqdm bar on a terminal, else about `lines` plain lines per run (one every
+    1/`lines` of its steps, and the last), so a log file stays short; notices and evaluation lines always show.
+
+    Speed and ETA are the caller's steady training rate (SteadyRate), not tqdm's own (which would count compiles
+    and evaluations)."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True, stream=None, lines: int = 20):
         self.stream = stream or sys.stderr
         self.enabled = enabled and is_main()
         self.total, self.start = total, start
-        self.t0 = time.perf_counter()
+        self.every = max(1, -(-(total - start) // max(1, lines)))  # steps between plain lines, rounded up
+        self.next_line = start + self.every
         self.bar = None
         if self.enabled and self.stream.isatty():
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
-    def update(self, step: int, steps_per_s: float, **values):
+    def update(self, step: int, steps_per_s: float | None, **values):
+        """The progress at `step`: `values` (loss, acc) and the steady rate (None: not measured yet)."""
         if not self.enabled:
             return
-        shown = " | ".join(f"{k} {v:.4f}" for k, v in values.items())
+        shown = " | ".join([f"{k} {v:.4f}" for k, v in values.items()] + [_speed(self.total - step, steps_per_s)])
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(f"{shown} | {steps_per_s:.1f} steps/s")
-        else:
-            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
-            print(f"step {step}/{self.total} | {shown} | {steps_per_s:.1f} steps/s | eta {_fmt(eta)}",
-                  file=self.stream, flush=True)
+            self.bar.set_postfix_str(shown)
+        elif step >= self.next_line or step == self.total:
+            self.next_line = self.start + ((step - self.start) // self.every + 1) * self.every
+            print(f"step {step}/{self.total} | {shown}", file=self.stream, flush=True)
 
     def line(self, text: str):
         if not self.enabled:
@@ -129,16 +164,38 @@ class Console:
         else:
             print(text, file=self.stream, flush=True)
 
+    def notice(self, text: str):
+        """A line saying what the loop waits on (e.g. `compiling the train step...`)."""
+        self.line(text)
+
+    def before_first_call(self, fn, text: str):
+        """`fn` that shows the notice `text` when first called (e.g. an evaluation, which compiles then)."""
+        called = []
+
+        def call(*args, **kwargs):
+            if not called:
+                called.append(True)
+                self.notice(text)
+            return fn(*args, **kwargs)
+        return call
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None  # later lines (the final evaluation's notice) print plainly
+
+
+def _speed(remaining: int, steps_per_s: float | None) -> str:
+    """'5012.3 steps/s | eta 12s', or 'eta ?' before the rate is measured."""
+    if not steps_per_s:
+        return "eta ?"
+    return f"{steps_per_s:.1f} steps/s | eta {_fmt(remaining / steps_per_s)}"
 
 
 def _fmt(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def params_by_module(params) -> str:
@@ -150,7 +207,8 @@ def params_by_module(params) -> str:
 
 
 def plot_curves(metrics_path: str, png_path: str) -> str | None:
-    """Loss and accuracy against step, train and test, as a PNG (headless matplotlib)."""
+    """Loss and accuracy against step, train and test, and the learning rate (train rows' `lr`, when logged), as a
+    PNG (headless matplotlib)."""
     if not is_main():
         return None
     rows = MetricsFile(metrics_path, tensorboard=False).read()
@@ -162,16 +220,18 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key in zip(axes, ("loss", "accuracy")):
+    keys = ("loss", "accuracy") + (("lr",) if any("lr" in r for r in rows) else ())
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for ax, key in zip(axes, keys):
         for split, style in (("train", "-"), ("test", "o-")):
             pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
             if pts:
                 ax.plot(*zip(*pts), style, label=split, markersize=3)
         ax.set_xlabel("step")
-        ax.set_title(key)
+        ax.set_title("learning rate" if key == "lr" else key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if key != "lr":
+            ax.legend()
     fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(metrics_path))))
     fig.tight_layout()
     with atomic(png_path, "wb") as f:

@@ -28,6 +28,13 @@ def schedule(cfg, total_steps: int, steps_per_epoch: int | None = None, *, warmu
     return cfg.lr
 
 
+def learning_rate(cfg, durations: Durations):
+    """The run's learning rate by step, as a function (step -> float) even when constant: what the loop logs as
+    `lr`. It is the rate before finetune.lr_mults / layer_decay, which scale it per parameter."""
+    lr = schedule(cfg, durations.total_steps, warmup=durations.warmup_steps)
+    return (lambda step: float(lr(step))) if callable(lr) else (lambda step: float(lr))
+
+
 def build(cfg, total_steps: int | None = None, finetune=None, params=None, steps_per_epoch: int | None = None, *,
           durations: Durations | None = None) -> optax.GradientTransformation:
     """The optimiser of a validated `config.optim`, shaped by `config.finetune` when params are given.

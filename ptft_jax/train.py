@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ptft_jax import compile_cache, models, optim, tasks
 from ptft_jax.checkpoint import Checkpoints, InitFrom
@@ -25,7 +26,7 @@ from ptft_jax.data.pipeline import EpochOrder
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from ptft_jax.files import WorkdirLock, write_json, write_text
 from ptft_jax.graft import graft
-from ptft_jax.metrics import Console, MetricsFile, is_main, params_by_module, plot_curves
+from ptft_jax.metrics import Console, MetricsFile, SteadyRate, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.selection import Selection
 from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step
@@ -201,12 +202,13 @@ def restore_or_init(run: Run, log=print) -> TrainState:
 def _graft(run: Run, state: TrainState, log) -> TrainState:
     """The fresh state with leaves grafted from `init_from` by `config.graft`; writes graft.json."""
     fresh = {"params": state.params, **state.model_state}
-    variables, report = graft(jax.device_get(fresh), run.init_from, run.config.graft)
+    errors_file = os.path.join(run.workdir, "graft_errors.txt") if is_main() else None  # else a temporary file
+    variables, report = graft(jax.device_get(fresh), run.init_from, run.config.graft, errors_file=errors_file)
     variables = jax.tree.map(run.par.replicate, variables)
     params = variables.pop("params")
     if is_main():
         write_json(os.path.join(run.workdir, "graft.json"), report.to_dict(), indent=2)
-    log(report.table())
+    log(report.table(verbose=logging.get_verbosity() >= 1))  # --verbosity=1: every leaf
     opt_state = jax.jit(run.tx.init, out_shardings=run.par.replicated)(params)
     return TrainState(state.step, params, opt_state, variables)
 
@@ -241,15 +243,45 @@ def _check_finite(call):
 
 
 class _TrainLog:
-    """The train lines of metrics.jsonl and the console: means over the calls since the last line."""
+    """The train lines of metrics.jsonl and the console: means over the calls since the last line.
+
+    The console's steps/s and ETA are the steady training rate (SteadyRate): calls that compile (the first of
+    each size: the loop cuts remainders into a few sizes) and the time spent evaluating or saving are left out.
+    metrics.jsonl's `steps_per_s` stays the wall-clock rate of each interval; `lr` is the schedule's learning
+    rate at the logged step."""
 
     def __init__(self, run: Run, console: Console, start: int):
         self.run, self.console = run, console
         self.pending, self.skipped = [], 0
         self.last_step, self.last_time = start, time.perf_counter()
+        self.lr = optim.learning_rate(run.config.optim, run.steps)
+        self.steady, self.sizes, self.compiling, self.last = SteadyRate(), set(), False, None
 
-    def add(self, metrics):
+    def compiles(self, k: int) -> bool:
+        """Whether the call of k steps about to run compiles (no call of its size ran yet): its time is left out."""
+        self.compiling = k not in self.sizes
+        if self.compiling:
+            self.sizes.add(k)
+            self.pause()
+        return self.compiling
+
+    def add(self, metrics, k: int):
         self.pending.append(metrics)
+        self.last = metrics
+        if self.compiling:
+            jax.block_until_ready(metrics)  # its run, too, is left out
+            self.resume()
+        else:
+            self.steady.count(k)
+
+    def pause(self):
+        """Stops the steady clock once the queued calls have run (evaluating and saving are not training)."""
+        if self.last is not None:
+            jax.block_until_ready(self.last)
+        self.steady.pause()
+
+    def resume(self):
+        self.steady.resume()
 
     def write(self, step: int):
         ms, self.pending = jax.device_get(self.pending), []
@@ -259,8 +291,9 @@ class _TrainLog:
         now = time.perf_counter()
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = step, now
-        self.run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate, skipped_steps=self.skipped)
-        self.console.update(step, rate, loss=loss, acc=acc)
+        self.run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate, skipped_steps=self.skipped,
+                               lr=self.lr(step))
+        self.console.update(step, self.steady.rate(), loss=loss, acc=acc)
 
 
 def _should_save(run: Run, step: int, last_save: float) -> bool:
@@ -348,20 +381,23 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
     feed = Feed(run.ds, run.task, run.order, run.par, cfg, state.params, start, s.total_steps, every)
-    evaluate_now = _evaluator(run, feed.resident, run.ds.val)  # the validation split, else the test split
+    console = Console(s.total_steps, start)
+    evaluate_now = console.before_first_call(_evaluator(run, feed.resident, run.ds.val),  # validation, else test
+                                             "compiling the evaluation...")
     eval_split = "test" if select is None else "val"
     log(feed.describe())
-    console = Console(s.total_steps, start)
     train_log = _TrainLog(run, console, start)
     stopper = StopRequest()
     t_start = last_save = time.perf_counter()
     step, unchecked = start, None
     try:
         for step, k, at_boundary, inputs in feed:
+            if train_log.compiles(k) and step == start:
+                console.notice("compiling the train step...")
             state, m = chunk(state, inputs)
             if run.par.sync_each_call:
                 jax.block_until_ready(m)
-            train_log.add(m)
+            train_log.add(m, k)
             if cfg.train.on_nonfinite == "stop":
                 # the previous call's flags, read with this call queued behind it: the device never idles here
                 _check_finite(unchecked)
@@ -376,6 +412,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             # Log.
             if step % s.log_every == 0 or step == s.total_steps:
                 train_log.write(step)
+            train_log.pause()  # evaluating and saving are not training time (resumed below)
             # Evaluate (and select: the best checkpoint, early stopping).
             if (step % s.eval_every == 0 and step < s.total_steps) or (select and step == s.total_steps):
                 ev = evaluate_now(state)
@@ -397,7 +434,9 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             if _should_save(run, step, last_save):
                 run.ckpt.save(step, state, force=step == s.total_steps)
                 last_save = time.perf_counter()
+            train_log.resume()
 
+        train_log.pause()
         console.close()
         ev = _final_test(run, state, step, select, feed.resident)
         run.ckpt.wait()
@@ -406,10 +445,10 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             if closing is not None:
                 closing.close()
         _plot(run, log)
-    elapsed = time.perf_counter() - t_start
+    elapsed, rate = time.perf_counter() - t_start, train_log.steady.rate()
     chosen = f" (the best checkpoint, step {ev['best_step']})" if "best_step" in ev else ""
-    log(f"done: step {step} | {_describe(ev)}{chosen} | {(step - start) / elapsed:.1f} steps/s over {elapsed:.1f}s | "
-        f"{run.workdir}")
+    speed = f"{rate:.1f} steps/s training, " if rate else ""
+    log(f"done: step {step} | {_describe(ev)}{chosen} | {speed}{elapsed:.1f}s in all | {run.workdir}")
     return {"step": step, "split": "test", **ev}
 
 

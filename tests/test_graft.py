@@ -83,15 +83,17 @@ def test_mutable_collections_follow_the_rules():
         graft({**fresh, "batch_stats": {"bn": {"mean": np.zeros(4)}, "head": {"mean": np.zeros(2)}}}, ckpt)
 
 
-def test_every_error_is_listed_with_both_shapes():
+def test_every_error_is_listed_with_both_shapes(tmp_path):
     ckpt = variables(hidden=(16, 8, 4), seed=1)
     with pytest.raises(GraftError) as e:
-        graft(variables(hidden=(16, 6)), ckpt, [("dense_.*", "load")])
-    msg = str(e.value)
+        graft(variables(hidden=(16, 6)), ckpt, [("dense_.*", "load")], errors_file=str(tmp_path / "errors.txt"))
+    msg = str(e.value)  # the first 5 of the 8 paths; all 8 in the file it names
     assert "fresh paths no rule covers: params/head/bias (10,), params/head/kernel (6, 10)" in msg
     assert "params/dense_1/kernel: fresh (16, 6) vs checkpoint (16, 8)" in msg
     assert "params/dense_1/bias: fresh (6,) vs checkpoint (8,)" in msg
-    assert "left unused that no rule names: params/dense_2/bias (4,), params/dense_2/kernel (8, 4)" in msg
+    assert "left unused that no rule names: params/dense_2/bias (4,) and 3 more" in msg
+    assert f"all 8 are listed in {tmp_path / 'errors.txt'}" in msg
+    assert "params/dense_2/kernel (8, 4)" in (tmp_path / "errors.txt").read_text()
     with pytest.raises(GraftError, match=r"'load' paths missing from the checkpoint: params/dense_2/bias \(4,\)"):
         graft(variables(hidden=(16, 8, 4)), variables(), [("head/.*", "init"), (".*", "load")])
     # Naming the extra checkpoint leaves (skip) makes the same graft legal.
@@ -193,11 +195,13 @@ def _decay_only():
 
 
 def test_finetune_from_a_different_model_is_refused_without_touching_it(pretrained, tmp_path):
-    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "model.hidden": (32, 16)})
+    config = ptft_jax.load_config(FINETUNE, {"init_from": pretrained, "model.hidden": (32, 16, 8)})
     before = sorted(os.listdir(os.path.join(pretrained, "checkpoints")))
-    with pytest.raises(GraftError, match=r"params/dense_0/kernel: fresh \(64, 32\) vs checkpoint \(64, 256\)"):
+    with pytest.raises(GraftError, match=r"params/dense_0/kernel: fresh \(64, 32\) vs checkpoint \(64, 256\)") as e:
         ptft_jax.train(config, str(tmp_path / "bad"))
     assert sorted(os.listdir(os.path.join(pretrained, "checkpoints"))) == before
+    errors = tmp_path / "bad" / "graft_errors.txt"  # 6 paths: the first 5 in the sentence, all in the workdir's file
+    assert f"all 6 are listed in {errors}" in str(e.value) and "params/dense_1/kernel: fresh" in errors.read_text()
     # (on the command line: exit 2 and this one sentence, test_reliability.py's bad-input test)
     with pytest.raises(ptft_jax.CheckpointError, match="init_from .*none does not exist"):
         none = {"init_from": str(tmp_path / "none"), "model.hidden": (256, 128)}
