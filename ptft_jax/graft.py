@@ -61,10 +61,11 @@ class GraftReport:
 
     def table(self, verbose: bool = False) -> str:
         """What the graft did, for the console: leaves grouped by module and action in a few lines (e.g.
-        `block_0..7/**  load  92 leaves`), or every leaf with both shapes when `verbose` (graft.json has them too).
+        `block_0..7/**  load  95 leaves`), or every leaf with both shapes when `verbose` (graft.json has them too).
 
         A replaced head shows twice, and that is right: the new model's leaves (`init`), then the checkpoint's
-        own leaves of the same paths, left unused (`skip`; another shape when the number of classes changed)."""
+        own leaves of the same paths, left unused (named by the `init` rule; of another shape when the number of
+        classes changed). Each is labelled as such."""
         lines = [f"graft from {self.source or '<in-memory tree>'} (step {self.step}, sha256 {self.content_hash[:16]})"]
         fresh = [(r["path"], r["action"]) for r in self.rows]
         unused = [(p, "unused") for p, _ in self.skipped]
@@ -79,7 +80,7 @@ class GraftReport:
                 lines.append(f"{p:<48} {'skip':<6} {'-':<16} {tuple(shape)}")
         else:
             fresh_rows, unused_rows = _grouped(fresh, 7), _grouped(unused, 2)
-            width = max(len(r[0]) for r in fresh_rows + unused_rows)
+            width = max((len(r[0]) for r in fresh_rows + unused_rows), default=0)
             lines.append("  the new model's leaves:")
             lines += _format(fresh_rows, width)
             if unused:
@@ -99,7 +100,7 @@ class GraftReport:
         return d
 
 
-def _grouped(leaves, most: int) -> list[str]:
+def _grouped(leaves, most: int) -> list[tuple]:
     """(name, action, leaves, per collection) rows, e.g. ('block_0..7/**', 'load', 95, ' (params 57, batch_stats
     38)'), for (collection/path, action) pairs: one per top-level module name (its number stripped) and action,
     at most `most` (the rest summed in the last)."""

@@ -150,8 +150,8 @@ class Console:
             return
         shown = " | ".join([f"{k} {v:.4f}" for k, v in values.items()] + [_speed(self.total - step, steps_per_s)])
         if self.bar is not None:
+            self.bar.set_postfix_str(shown, refresh=False)
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(shown)
         elif step >= self.next_line or step == self.total:
             self.next_line = self.start + ((step - self.start) // self.every + 1) * self.every
             print(f"step {step}/{self.total} | {shown}", file=self.stream, flush=True)

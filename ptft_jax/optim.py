@@ -32,7 +32,10 @@ def learning_rate(cfg, durations: Durations):
     """The run's learning rate by step, as a function (step -> float) even when constant: what the loop logs as
     `lr`. It is the rate before finetune.lr_mults / layer_decay, which scale it per parameter."""
     lr = schedule(cfg, durations.total_steps, warmup=durations.warmup_steps)
-    return (lambda step: float(lr(step))) if callable(lr) else (lambda step: float(lr))
+    if not callable(lr):
+        return lambda step: float(lr)
+    lr = jax.jit(lr)  # one compile, not one per jnp operation of the schedule
+    return lambda step: float(lr(step))
 
 
 def build(cfg, total_steps: int | None = None, finetune=None, params=None, steps_per_epoch: int | None = None, *,
