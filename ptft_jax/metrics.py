@@ -223,7 +223,7 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
     keys = ("loss", "accuracy") + (("lr",) if any("lr" in r for r in rows) else ())
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
     for ax, key in zip(axes, keys):
-        for split, style in (("train", "-"), ("test", "o-")):
+        for split, style in (("train", "-"), ("val", "s-"), ("test", "o-")):
             pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
             if pts:
                 ax.plot(*zip(*pts), style, label=split, markersize=3)

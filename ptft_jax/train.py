@@ -438,7 +438,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
 
         train_log.pause()
         console.close()
-        ev = _final_test(run, state, step, select, feed.resident)
+        ev = _final_test(run, state, step, select, feed.resident, evaluate_now if select is None else None)
         run.ckpt.wait()
     finally:
         for closing in (feed, stopper, console, run.ckpt, run.metrics, run.best):
@@ -460,9 +460,10 @@ def _plot(run: Run, log):
         log(f"warning: could not write {os.path.join(run.workdir, 'curves.png')} ({e.strerror})")
 
 
-def _final_test(run: Run, state, step: int, select, with_train_resident: bool) -> dict:
+def _final_test(run: Run, state, step: int, select, with_train_resident: bool, evaluator=None) -> dict:
     """The one evaluation on the test split, at the end: of the best checkpoint under train.keep_best (its step in
-    `best_step`), else of `state`; written to metrics.jsonl as the test row of `step`."""
+    `best_step`), else of `state`; written to metrics.jsonl as the test row of `step`. `evaluator`: the loop's own
+    when it already evaluates the test split (no validation split), which saves a compile."""
     extra = {}
     if run.best is not None and select is not None and select.best_step is not None:
         if select.best_step != step:
@@ -471,7 +472,7 @@ def _final_test(run: Run, state, step: int, select, with_train_resident: bool) -
                                       f"{run.best.directory}; rerun with a new --workdir.")
             state = run.best.restore(select.best_step, state)
         extra = {"best_step": select.best_step}
-    ev = _evaluator(run, with_train_resident)(state)
+    ev = (evaluator or _evaluator(run, with_train_resident))(state)
     run.metrics.write(step, "test", **ev, **extra)
     return {**ev, **extra}
 
