@@ -10,6 +10,8 @@ reports the test accuracy of that checkpoint; mean (and each) of 3 seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import time
@@ -28,6 +30,12 @@ ROWS = [("seed recipe, fine-tuned", {}, True), ("seed recipe, fresh init", {}, F
 
 def quiet(*_):
     pass
+
+
+def train(config, workdir):
+    """ptft_jax.train without its progress lines (they go to stderr)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return ptft_jax.train(config, workdir, log=quiet)
 
 
 def sklearn_reference(seed: int) -> float:
@@ -49,7 +57,7 @@ def main():
     a = ap.parse_args()
     t0 = time.perf_counter()
     pt = os.path.join(a.out, "pt")
-    pre = ptft_jax.train(ptft_jax.load_config(PRETRAIN), pt, log=quiet)
+    pre = train(ptft_jax.load_config(PRETRAIN), pt)
     print(f"pretrained: test accuracy {pre['accuracy']:.4f} (10 classes) in {time.perf_counter() - t0:.0f}s",
           flush=True)
     results = {}
@@ -59,7 +67,7 @@ def main():
             over_seed = {**over, "train.seed": seed, "init_from": pt if fine_tune else None}
             config = ptft_jax.load_config(FINETUNE, over_seed)
             workdir = os.path.join(a.out, f"{name.replace(' ', '_').replace(',', '')}_{seed}")
-            accs.append(ptft_jax.train(config, workdir, log=quiet)["accuracy"])
+            accs.append(train(config, workdir)["accuracy"])
         results[name] = accs
         print(f"{name}: {statistics.mean(accs):.3f} ({' '.join(f'{x:.3f}' for x in accs)})", flush=True)
     ref = [sklearn_reference(seed) for seed in range(a.seeds)]

@@ -2,6 +2,13 @@
 
     python launch.py --config=configs/digits_mlp_pretrain.py --workdir=runs/digits_pt
     python launch.py --config=configs/digits_mlp_finetune.py --workdir=runs/digits_ft --config.init_from=runs/digits_pt
+
+Did it pay off? Test accuracy of the validation-selected checkpoint, mean (each) of 3 seeds, 2026-12-02, from
+`python -m bench.finetune_payoff` (a 0.964 pretraining run of configs/digits_mlp_pretrain.py):
+  this recipe (SGD 0.001, 10 epochs)          fine-tuned 0.935 (0.936 0.939 0.931)  fresh init 0.899 (0.919 0.894 0.883)
+  SGD momentum 0.9, lr 0.01, warmup + cosine  fine-tuned 0.979 (0.981 0.978 0.978)  fresh init 0.975 (0.972 0.978 0.975)
+  scikit-learn MLPClassifier((256, 128)) from scratch on the same split: 0.981 (0.986 0.978 0.981)
+Pretraining buys 0.036 with this slow recipe and 0.004 with a sound one, which nearly closes the gap on its own.
 """
 from ptft_jax.config import defaults
 
