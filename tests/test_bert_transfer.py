@@ -43,7 +43,8 @@ def test_mlm_pretraining_helps_few_shot_docstring_classification(tmp_path):
             # 20 examples per class, batch 16: 10 steps an epoch, 100 steps; evaluated once, at the end
             over = {"data.max_len": MAX_LEN, "data.train_per_class": 20, "data.batch_size": 16,
                     "optim.warmup_steps": 10, "train.epochs": 10, "train.seed": seed, "train.log_every": 100,
-                    "train.eval_every": 100, "train.checkpoint_every": 100}
+                    "train.eval_every": 100, "train.checkpoint_every": 100,
+                    "data.val_fraction": None, "train.keep_best": None}  # as measured: no validation split
             if kind == "fresh":
                 over.update({"init_from": None, "graft": None, "data.vocab": os.path.join(pt, "tokenizer")})
             else:
