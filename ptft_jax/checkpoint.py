@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import os
 import time
+import uuid
 
 import jax
 import orbax.checkpoint as ocp
@@ -65,8 +68,9 @@ class InitFrom:
                                       f"{sorted(steps)}.")
             try:
                 raw = ck.restore_raw(step)
-            except Exception as e:  # noqa: BLE001 - a damaged checkpoint is reported, not raised raw
-                raise CheckpointError(f"The checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}); "
+            except CheckpointError as e:  # a damaged checkpoint: the step to pick instead is init_step's
+                raise CheckpointError(f"The checkpoint {self.directory}/{step} cannot be read "
+                                      f"({type(e.__cause__ or e).__name__}); "
                                       f"it may be damaged: pick another step with init_step.") from e
         finally:
             ck.close()
@@ -132,12 +136,65 @@ def load_checkpoint(path: str, step: int | None = None):
     return InitFrom.parse(path, step).restore()
 
 
+def _cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(base), "ptft_jax", "paths")
+
+
+def glob_free(directory: str) -> str:
+    """`directory`, or where it holds `[`, `*` or `?`, a symlink to it whose path holds none, for Orbax.
+
+    Orbax 0.12.8 joins a checkpoint folder's path with a pattern and globs it (epath's glob is glob.glob): the OCDBT
+    merge of a save (serialization/ocdbt_utils.py, `ocdbt.process_*`), the array metadata read of a restore
+    (metadata/array_metadata_store.py) and the pending snapshots (path/snapshot/snapshot.py). A folder named
+    `run[x]` then matches nothing: the save is renamed into place without its merged manifest and never restores.
+    Escaping (glob.escape) cannot help, since Orbax also creates and renames folders under the same path. So Orbax
+    gets $XDG_CACHE_HOME/ptft_jax/paths/<sha256 of the path> (~/.cache/...), a link to the real folder: Orbax never
+    resolves links above a step folder, the name depends on the path alone, so every run and every process of a
+    run agrees on it, and each makes it with an atomic rename, so concurrent runs cannot trip over each other.
+    Links are never removed (another run may be using one); they are a few bytes each."""
+    if glob.escape(directory) == directory:
+        return directory
+    root = _cache_root()
+    bad = "".join(c for c in "[*?" if c in directory)
+    if glob.escape(root) != root:
+        raise CheckpointError(f"The checkpoint folder {directory} holds {bad!r} and so does {root}, where ptft_jax "
+                              f"keeps its glob-free links for Orbax: rename the workdir or set XDG_CACHE_HOME.")
+    alias = os.path.join(root, hashlib.sha256(directory.encode()).hexdigest()[:32])
+    try:
+        if os.readlink(alias) == directory:
+            return alias
+    except OSError:
+        pass
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        tmp = f"{alias}.{uuid.uuid4().hex[:12]}.tmp"
+        os.symlink(directory, tmp)
+        os.replace(tmp, alias)
+    except OSError as e:
+        raise CheckpointError(f"The checkpoint folder {directory} holds {bad!r}, which Orbax reads as a glob "
+                              f"pattern, and its link in {root} cannot be made ({e.strerror or e}): make {root} "
+                              f"writable or rename the workdir.") from e
+    return alias
+
+
 class Checkpoints:
+    """Orbax's CheckpointManager on `directory`, through a glob-free link where the path needs one (glob_free).
+
+    Every message names `directory`, the real folder, never the link."""
+
     def __init__(self, directory: str, keep: int = 3, create: bool = True):
         self.directory = os.path.abspath(directory)
+        self._orbax_dir = glob_free(self.directory)
+        if create and self._orbax_dir != self.directory:
+            os.makedirs(self.directory, exist_ok=True)  # Orbax cannot make a folder through a dangling link
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
+        self.manager = ocp.CheckpointManager(self._orbax_dir, options=options,
                                             item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+    def _real(self, text: str) -> str:
+        """Orbax's text with the link's path replaced by the real folder's."""
+        return text.replace(self._orbax_dir, self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -162,7 +219,7 @@ class Checkpoints:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         except Exception as e:  # noqa: BLE001 - reported as one sentence; the caller may fall back
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = (self._real(str(e)).splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
                 f"The checkpoint at {self.directory}/{step} cannot be restored into this config's model and "
                 f"optimiser ({type(e).__name__}: {first}); use a new --workdir or the config it was saved with.") from e
@@ -182,9 +239,14 @@ class Checkpoints:
         Arrays land on this process's first device, so a checkpoint written by 8 devices (or 8 hosts) reads on 1.
         """
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        meta = self.metadata(step)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        try:
+            meta = self.metadata(step)
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as e:  # noqa: BLE001 - reported as one sentence
+            first = (self._real(str(e)).splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"The checkpoint at {self.directory}/{step} cannot be read ({type(e).__name__}: "
+                                  f"{first}); it may be damaged: use another step or rerun the training.") from e
         return out.state
 
     def metadata(self, step: int):
@@ -204,6 +266,15 @@ class Checkpoints:
             self.manager.wait_until_finished()
         except OSError as e:
             raise self._save_error(self.latest_step(), e) from e
+
+    def check_committed(self, step: int):
+        """Raises a CheckpointError unless the folder, read again from disk, holds the finalized checkpoint of
+        `step` with its state: what a run checks before it says it is done."""
+        steps = ocp.path.step.checkpoint_steps(self._orbax_dir)
+        if step not in steps or not os.path.isdir(os.path.join(self.directory, str(step), "state")):
+            raise CheckpointError(f"The final checkpoint of step {step} was not committed in {self.directory} (it "
+                                  f"holds steps {sorted(steps) or 'none'}); free space or fix the folder, then rerun "
+                                  f"the same command to save it.")
 
     def close(self):
         self.manager.close()

@@ -322,6 +322,8 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         ev = evaluate_now(state)
         run.metrics.write(step, "test", **ev)
         run.ckpt.wait()
+        if is_main():  # the primary process finalizes Orbax's saves: its folder has the last word
+            run.ckpt.check_committed(step)
     finally:
         for closing in (feed, stopper, console, run.ckpt, run.metrics):
             closing.close()
