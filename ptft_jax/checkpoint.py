@@ -149,10 +149,11 @@ def glob_free(directory: str) -> str:
     (metadata/array_metadata_store.py) and the pending snapshots (path/snapshot/snapshot.py). A folder named
     `run[x]` then matches nothing: the save is renamed into place without its merged manifest and never restores.
     Escaping (glob.escape) cannot help, since Orbax also creates and renames folders under the same path. So Orbax
-    gets $XDG_CACHE_HOME/ptft_jax/paths/<sha256 of the path> (~/.cache/...), a link to the real folder: Orbax never
-    resolves links above a step folder, the name depends on the path alone, so every run and every process of a
-    run agrees on it, and each makes it with an atomic rename, so concurrent runs cannot trip over each other.
-    Links are never removed (another run may be using one); they are a few bytes each."""
+    gets $XDG_CACHE_HOME/ptft_jax/paths/<sha256 of the path> (~/.cache/...), a link to the real folder (Orbax never
+    resolves links above a step folder). The link's name depends on the path alone, so every run and every process
+    of a run derives the same one (a host with its own cache folder makes its own link to the same real folder);
+    each caller makes it with an atomic rename, so concurrent runs cannot trip over each other. Links are never
+    removed (another run may be using one); they are a few bytes each. Orbax's own log lines name the link."""
     if glob.escape(directory) == directory:
         return directory
     root = _cache_root()
