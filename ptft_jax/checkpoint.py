@@ -1,11 +1,16 @@
 """Orbax checkpoints under WORKDIR/checkpoints: save, resume, raw restore, and `init_from` parsed once."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
+import hashlib
 import logging
 import os
 import re
+import sys
 import time
+import uuid
 
 import jax
 import orbax.checkpoint as ocp
@@ -72,8 +77,9 @@ class InitFrom:
                                       f"{sorted(steps)}.")
             try:
                 raw = ck.restore_raw(step)
-            except Exception as e:  # noqa: BLE001 - a damaged checkpoint is reported, not raised raw
-                raise CheckpointError(f"The checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}); "
+            except CheckpointError as e:  # a damaged checkpoint: the step to pick instead is init_step's
+                raise CheckpointError(f"The checkpoint {self.directory}/{step} cannot be read "
+                                      f"({type(e.__cause__ or e).__name__}); "
                                       f"it may be damaged: pick another step with init_step.") from e
         finally:
             ck.close()
@@ -139,18 +145,69 @@ def load_checkpoint(path: str, step: int | None = None):
     return InitFrom.parse(path, step).restore()
 
 
+def _cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(base), "ptft_jax", "paths")
+
+
+def glob_free(directory: str) -> str:
+    """`directory`, or where it holds `[`, `*` or `?`, a symlink to it whose path holds none, for Orbax.
+
+    Orbax 0.12.8 joins a checkpoint folder's path with a pattern and globs it (epath's glob is glob.glob): the OCDBT
+    merge of a save (serialization/ocdbt_utils.py, `ocdbt.process_*`), the array metadata read of a restore
+    (metadata/array_metadata_store.py) and the pending snapshots (path/snapshot/snapshot.py). A folder named
+    `run[x]` then matches nothing: the save is renamed into place without its merged manifest and never restores.
+    Escaping (glob.escape) cannot help, since Orbax also creates and renames folders under the same path. So Orbax
+    gets $XDG_CACHE_HOME/ptft_jax/paths/<sha256 of the path> (~/.cache/...), a link to the real folder (Orbax never
+    resolves links above a step folder). The link's name depends on the path alone, so every run and every process
+    of a run derives the same one (a host with its own cache folder makes its own link to the same real folder);
+    each caller makes it with an atomic rename, so concurrent runs cannot trip over each other. Links are never
+    removed (another run may be using one); they are a few bytes each. Orbax's own log lines name the link."""
+    if glob.escape(directory) == directory:
+        return directory
+    root = _cache_root()
+    bad = "".join(c for c in "[*?" if c in directory)
+    if glob.escape(root) != root:
+        raise CheckpointError(f"The checkpoint folder {directory} holds {bad!r} and so does {root}, where ptft_jax "
+                              f"keeps its glob-free links for Orbax: rename the workdir or set XDG_CACHE_HOME.")
+    alias = os.path.join(root, hashlib.sha256(directory.encode()).hexdigest()[:32])
+    try:
+        if os.readlink(alias) == directory:
+            return alias
+    except OSError:
+        pass
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        tmp = f"{alias}.{uuid.uuid4().hex[:12]}.tmp"
+        os.symlink(directory, tmp)
+        os.replace(tmp, alias)
+    except OSError as e:
+        raise CheckpointError(f"The checkpoint folder {directory} holds {bad!r}, which Orbax reads as a glob "
+                              f"pattern, and its link in {root} cannot be made ({e.strerror or e}): make {root} "
+                              f"writable or rename the workdir.") from e
+    return alias
+
+
 class Checkpoints:
-    """An Orbax CheckpointManager of TrainStates. `config` (a dict) is stored in every step's metadata, so that a
-    run whose config.json is damaged can still be checked and resumed."""
+    """Orbax's CheckpointManager of TrainStates on `directory`, through a glob-free link where the path needs one
+    (glob_free); every message names `directory`, the real folder, never the link. `config` (a dict) is stored in
+    every step's metadata, so that a run whose config.json is damaged can still be checked and resumed."""
 
     def __init__(self, directory: str, keep: int = 3, create: bool = True, config: dict | None = None):
         self.directory = os.path.abspath(directory)
         self.config = config
         self.last_step = None  # the step of the newest save asked for (named when a background save fails)
         _quiet_storage_tracebacks()
+        self._orbax_dir = glob_free(self.directory)
+        if create and self._orbax_dir != self.directory:
+            os.makedirs(self.directory, exist_ok=True)  # Orbax cannot make a folder through a dangling link
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
+        self.manager = ocp.CheckpointManager(self._orbax_dir, options=options,
                                             item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+    def _real(self, text: str) -> str:
+        """Orbax's text with the link's path replaced by the real folder's."""
+        return text.replace(self._orbax_dir, self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -185,9 +242,14 @@ class Checkpoints:
         """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            with closed_loop_noise_dropped():
+                try:
+                    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                except Exception:
+                    time.sleep(0.2)  # the reads still in flight end inside the hook (see closed_loop_noise_dropped)
+                    raise
         except Exception as e:  # noqa: BLE001 - reported as one sentence; the caller may fall back
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = (self._real(str(e)).splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
                 f"The checkpoint at {self.directory}/{step} cannot be restored into this config's model and "
                 f"optimiser ({type(e).__name__}: {first}); use a new --workdir or the config it was saved with.") from e
@@ -207,9 +269,14 @@ class Checkpoints:
         Arrays land on this process's first device, so a checkpoint written by 8 devices (or 8 hosts) reads on 1.
         """
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        meta = self.metadata(step)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        try:
+            meta = self.metadata(step)
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as e:  # noqa: BLE001 - reported as one sentence
+            first = (self._real(str(e)).splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"The checkpoint at {self.directory}/{step} cannot be read ({type(e).__name__}: "
+                                  f"{first}); it may be damaged: use another step or rerun the training.") from e
         return out.state
 
     def metadata(self, step: int):
@@ -231,6 +298,15 @@ class Checkpoints:
             if not _io_failure(e):
                 raise
             raise self._save_error(self.last_step, e) from e
+
+    def check_committed(self, step: int):
+        """Raises a CheckpointError unless the folder, read again from disk, holds the finalized checkpoint of
+        `step` with its state: what a run checks before it says it is done."""
+        steps = ocp.path.step.checkpoint_steps(self._orbax_dir)
+        if step not in steps or not os.path.isdir(os.path.join(self.directory, str(step), "state")):
+            raise CheckpointError(f"The final checkpoint of step {step} was not committed in {self.directory} (it "
+                                  f"holds steps {sorted(steps) or 'none'}); free space or fix the folder, then rerun "
+                                  f"the same command to save it.")
 
     def close(self):
         self.manager.close()
@@ -265,3 +341,22 @@ def _quiet_storage_tracebacks():
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _StorageErrorFilter) for f in logger.filters):
         logger.addFilter(_StorageErrorFilter())
+
+
+@contextlib.contextmanager
+def closed_loop_noise_dropped():
+    """Orbax reads a checkpoint's arrays in an event loop that it closes as soon as one read fails; the reads still
+    in flight then each print an unraisable "RuntimeError: Event loop is closed" traceback on stderr. Those, and
+    only those, are dropped while a checkpoint is read."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous

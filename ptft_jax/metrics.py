@@ -240,21 +240,22 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
     return png_path
 
 
-def plot_sweep(workdir: str, members, png_path: str) -> str | None:
-    """Test accuracy against step for every member of a sweep, in one PNG."""
+def plot_sweep(workdir: str, members, png_path: str, split: str = "test", metric: str = "accuracy") -> str | None:
+    """One metric of one split (test accuracy unless told: the one a sweep's report ranks by) against step for
+    every member of a sweep, in one PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in members:
         rows = MetricsFile(os.path.join(workdir, name, "metrics.jsonl"), tensorboard=False).read()
-        pts = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "test" and "accuracy" in r]
+        pts = [(r["step"], r[metric]) for r in rows if r["split"] == split and r.get(metric) is not None]
         if pts:
             ax.plot(*zip(*pts), "o-", label=name, markersize=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"{split} {metric.replace('_', ' ')}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

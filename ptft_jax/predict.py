@@ -6,7 +6,6 @@ writes each batch's lines as soon as it is done. The checkpoint is the newest co
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -18,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ptft_jax import models, tasks
-from ptft_jax.checkpoint import Checkpoints
+from ptft_jax.checkpoint import Checkpoints, closed_loop_noise_dropped
 from ptft_jax.errors import CheckpointError
 from ptft_jax.step import make_predict_fn
 
@@ -160,28 +159,9 @@ def _restore(workdir: str, step: int | None, log) -> dict:
 
 def _try_read(ck: Checkpoints, step: int):
     """(the saved tree, None), or (None, why it cannot be read)."""
-    with _closed_loop_noise_dropped():
+    with closed_loop_noise_dropped():
         try:
             return ck.restore_raw(step), None
         except Exception as e:  # noqa: BLE001 - a damaged checkpoint is skipped or reported in one sentence
             time.sleep(0.2)  # the reads still in flight finish (see below)
             return None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-
-
-@contextlib.contextmanager
-def _closed_loop_noise_dropped():
-    """Orbax reads a checkpoint's arrays in an event loop that it closes as soon as one read fails; the reads still
-    in flight then each print an unraisable "RuntimeError: Event loop is closed" traceback on stderr. Those, and
-    only those, are dropped while a checkpoint is read."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous

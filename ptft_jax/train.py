@@ -440,6 +440,8 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
         console.close()
         ev = _final_test(run, state, step, select, feed.resident, evaluate_now if select is None else None)
         run.ckpt.wait()
+        if is_main():  # the primary process finalizes Orbax's saves: its folder has the last word
+            run.ckpt.check_committed(step)
     finally:
         for closing in (feed, stopper, console, run.ckpt, run.metrics, run.best):
             if closing is not None:
