@@ -21,6 +21,7 @@ import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,8 @@ def waiting_line(c: Cluster) -> str:
 def supervise(command: list[str], cluster: Cluster, workdir: str | None) -> int:
     """Runs `command` (this launch, as a child), forwarding its output and SIGTERM / SIGINT; its exit status, or
     after a lost peer or a cluster that did not assemble one 'error:' sentence and LOST / 2."""
+    if cluster.process_id == 0:
+        _check_port(cluster)
     child = subprocess.Popen(command, env=dict(os.environ, **{SUPERVISOR_ENV: str(os.getpid())}),
                              stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     previous = {s: signal.signal(s, lambda signum, _: child.send_signal(signum)) for s in (signal.SIGTERM,
@@ -137,6 +140,19 @@ def supervise(command: list[str], cluster: Cluster, workdir: str | None) -> int:
           f"all {c.num_processes} processes with the same command to resume {_resume_point(workdir)}; the "
           f"runtime's messages are in {log}.", file=sys.stderr)
     return LOST
+
+
+def _check_port(c: Cluster):
+    """Process 0's coordinator port must be free: jax's service fails on a port in use with an error, at times a
+    segmentation fault, after the init timeout has started."""
+    port = int(c.coordinator.rpartition(":")[2])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a previous run's TIME_WAIT is fine
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise ConfigError(f"process 0 cannot listen on port {port} of --coordinator={c.coordinator} "
+                              f"({e.strerror}); choose a free port, the same on every process.") from None
 
 
 class _Stderr:

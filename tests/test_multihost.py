@@ -51,6 +51,17 @@ def test_bad_multihost_flags_get_one_sentence_and_exit_2_before_jax(tmp_path, ar
     assert not (tmp_path / "run").exists()
 
 
+def test_a_coordinator_port_in_use_is_refused_before_jax(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'run'}", f"--coordinator=127.0.0.1:{port}",
+                     "--num_processes=2", "--process_id=0")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"process 0 cannot listen on port {port} of --coordinator=127.0.0.1:{port}" in _one_error_line(out)
+
+
 def test_the_cluster_comes_from_flags_else_the_environment():
     env = {"PTFT_COORDINATOR": "10.0.0.1:1234", "PTFT_NUM_PROCESSES": "4", "PTFT_PROCESS_ID": "3",
            "PTFT_INIT_TIMEOUT": "20"}
@@ -177,4 +188,4 @@ def test_a_survivor_names_the_lost_process_and_the_checkpoint_to_resume_from(tmp
            f"in {workdir / 'checkpoints'})" in line, line
     log = re.search(r"messages are in (\S+)\.$", line).group(1)
     assert os.path.dirname(log) == str(workdir) and os.path.getsize(log) > 0
-    assert elapsed < 100, elapsed
+    assert elapsed < 60, elapsed  # the collective fails at once; jax alone would wait out its 100 s heartbeat
