@@ -13,7 +13,8 @@ process can turn those ends into a sentence. The process launch.py started can: 
 child, forwards the child's stderr line by line, holds back what the runtime prints as it fails (kept in
 WORKDIR/crash-PID.log), and names what happened from the child's exit status and those lines. SIGTERM and SIGINT
 are passed on to the child, which saves a checkpoint and exits 143 / 130 as a single-process run does; the child
-ends itself if the supervisor is killed, so that its peers see the process gone.
+ends itself if the supervisor is killed, so that its peers see the process gone. A survivor learns of the loss from
+its next collective (seconds), or, when it waits in Orbax's commit barrier, from jax's heartbeat timeout (100 s).
 """
 from __future__ import annotations
 
@@ -156,11 +157,12 @@ def _check_port(c: Cluster):
 
 
 class _Stderr:
-    """Passes the child's stderr on line by line, holding back the runtime's failure output: C++ error and fatal
-    log lines and what follows them (the stack dump, Python's fault handler). Held lines are passed on if the child
+    """Passes the child's stderr on line by line, holding back the runtime's failure output: error and fatal log
+    lines (C++, or Orbax's as a save fails) and what follows them (tracebacks, the stack dump, Python's fault
+    handler). Held lines are passed on if the child
     keeps going (10 s after an error line with no fatal one) or ends in a way not recognised."""
 
-    _CPP_LOG = re.compile(r"[EF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.(cc|h|cpp):\d+\] ")
+    _ERROR_LOG = re.compile(r"[EF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.(cc|h|cpp|py):\d+\] ")
     _FATAL = ("*** Check failure", "Fatal Python error", "terminate called", _LOST_MARK)
 
     def __init__(self, stream):
@@ -170,9 +172,9 @@ class _Stderr:
 
     def add(self, line: str):
         self.tail.append(line)
-        cpp = self._CPP_LOG.match(line)
-        if cpp or line.startswith(self._FATAL):
-            self.fatal = self.fatal or not cpp or line.startswith("F")
+        logged = self._ERROR_LOG.match(line)
+        if logged or line.startswith(self._FATAL):
+            self.fatal = self.fatal or not logged or line.startswith("F")
             self.since = self.since or time.monotonic()
         elif self.since is not None and not self.fatal and time.monotonic() - self.since > 10:
             self.release()

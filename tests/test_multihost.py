@@ -150,9 +150,10 @@ def test_a_lone_process_says_what_it_waits_for_and_stops_after_init_timeout(tmp_
     assert elapsed < 5 + 45, elapsed  # jax's deadline plus the imports of two interpreters on a loaded machine
 
 
+# A checkpoint each epoch (89 steps), so that the kill, once the first is written, falls between two saves: a loss
+# during a save's commit is seen only at jax's heartbeat timeout (100 s), the survivor waiting in Orbax's barrier.
 LONG_RUN = [f"--config={DIGITS}", "--config.train.steps=100000", "--config.train.log_every=10",
-            "--config.train.checkpoint_every=20", "--config.train.checkpoint_min_secs=0",
-            "--config.data.batch_size=16"]
+            "--config.train.checkpoint_min_secs=0", "--config.data.batch_size=16"]
 
 
 @pytest.mark.slow
@@ -188,4 +189,5 @@ def test_a_survivor_names_the_lost_process_and_the_checkpoint_to_resume_from(tmp
            f"in {workdir / 'checkpoints'})" in line, line
     log = re.search(r"messages are in (\S+)\.$", line).group(1)
     assert os.path.dirname(log) == str(workdir) and os.path.getsize(log) > 0
-    assert elapsed < 60, elapsed  # the collective fails at once; jax alone would wait out its 100 s heartbeat
+    # seconds when a collective fails; up to jax's 100 s heartbeat timeout when the loss falls in a checkpoint's commit
+    assert elapsed < 120, elapsed
