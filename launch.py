@@ -2,8 +2,14 @@
 
 Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (latest checkpoint on the test split),
 predict (--input=PATH: class probabilities), report (a sweep's results table). --sweep runs a config's get_sweep().
-Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I (or PTFT_* environment variables).
+Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on each process (or PTFT_COORDINATOR,
+PTFT_NUM_PROCESSES, PTFT_PROCESS_ID), checked before jax is imported. Each process says what it waits for and stops
+with one sentence (exit 2) when the processes have not all connected within --init_timeout seconds (PTFT_INIT_TIMEOUT,
+300 by default). A multi-process train or evaluate runs as a child of this process (ptft_jax/multihost.py says why):
+when a process is lost, the others stop with one sentence naming it and the checkpoint that a restart of all
+processes resumes from, exit status 75, the runtime's messages in WORKDIR/crash-PID.log.
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -22,6 +28,7 @@ flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose run had 
 flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_integer("init_timeout", None, "Multi-host: seconds the processes may take to connect (default 300).")
 
 
 
@@ -38,9 +45,15 @@ def main(parsed):
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
     import ptft_jax
+    from ptft_jax import multihost
 
     try:
-        _run(ptft_jax, overrides)
+        cluster = multihost.cluster_from(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
+        if os.environ.get(multihost.SUPERVISOR_ENV):
+            multihost.child_setup()
+        elif cluster and FLAGS.mode in ("train", "evaluate") and not FLAGS.sweep_print:
+            sys.exit(multihost.supervise([sys.executable, *sys.orig_argv[1:]], cluster, FLAGS.workdir))
+        _run(ptft_jax, overrides, cluster)
     except ptft_jax.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -50,7 +63,7 @@ def main(parsed):
         sys.exit(2)
 
 
-def _run(ptft_jax, overrides):
+def _run(ptft_jax, overrides, cluster):
     if FLAGS.mode == "predict":
         if not FLAGS.workdir or not FLAGS.input:
             raise ptft_jax.ConfigError("--mode=predict needs --workdir=RUN and --input=PATH.")
@@ -68,22 +81,22 @@ def _run(ptft_jax, overrides):
         if FLAGS.sweep_print:
             print("\n".join(ptft_jax.sweep.commands(FLAGS.config, FLAGS.workdir, overrides)))
             return
-        _initialize()
+        _initialize(cluster)
         ptft_jax.sweep.run(FLAGS.config, FLAGS.workdir, overrides)
         return
     if not FLAGS.config or not FLAGS.workdir:
         raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
     config = ptft_jax.load_config(FLAGS.config, overrides)  # before jax is imported: a bad config fails at once
-    _initialize()
+    _initialize(cluster)
     if FLAGS.mode == "train":
         ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     else:
         ptft_jax.evaluate(config, FLAGS.workdir)
 
 
-def _initialize():
+def _initialize(cluster):
     from ptft_jax.parallel import initialize  # jax: imported only once the config is known to be good
-    initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    initialize(cluster)
 
 
 if __name__ == "__main__":

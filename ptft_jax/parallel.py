@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import jax
@@ -12,26 +13,24 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.multihost import Cluster, waiting_line
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):
-    """Starts `jax.distributed` when several processes are asked for (flags or environment), else does nothing.
+def initialize(cluster: Cluster | None):
+    """Starts `jax.distributed` for a multi-process run (`cluster`: `multihost.cluster_from()` reads it from flags
+    or PTFT_* variables), else does nothing; on managed clusters (Cloud TPU, SLURM, ...)
+    `jax.distributed.initialize()` finds the processes by itself when PTFT_DISTRIBUTED=1.
 
-    Environment: PTFT_COORDINATOR, PTFT_NUM_PROCESSES, PTFT_PROCESS_ID; on managed clusters (Cloud TPU,
-    SLURM, ...) `jax.distributed.initialize()` finds them by itself when PTFT_DISTRIBUTED=1.
+    Says once what it waits for, since the wait is silent otherwise: `jax.distributed` holds every process until
+    all have connected to process 0, and ends them (a C++ abort, which launch.py's supervisor turns into a sentence)
+    when that takes longer than `cluster.init_timeout` seconds.
     """
-    coordinator = coordinator or os.environ.get("PTFT_COORDINATOR")
-    num_processes = num_processes or _env_int("PTFT_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else _env_int("PTFT_PROCESS_ID")
-    if coordinator and num_processes and num_processes > 1:
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    if cluster is not None:
+        print(waiting_line(cluster), file=sys.stderr, flush=True)
+        jax.distributed.initialize(cluster.coordinator, num_processes=cluster.num_processes,
+                                   process_id=cluster.process_id, initialization_timeout=cluster.init_timeout)
     elif os.environ.get("PTFT_DISTRIBUTED") == "1":
         jax.distributed.initialize()
-
-
-def _env_int(name):
-    v = os.environ.get(name)
-    return int(v) if v else None
 
 
 class Parallel:
