@@ -1,7 +1,8 @@
 """Command line: python launch.py --config=configs/NAME.py[:preset] --workdir=DIR [--config.KEY=VALUE ...]
 
-Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (latest checkpoint on the test split),
-predict (--input=PATH: class probabilities), report (a sweep's results table). --sweep runs a config's get_sweep().
+Modes: train (default; resumes when WORKDIR has a checkpoint), evaluate (the newest checkpoint, or --step=N|best,
+on the test split), predict (--input=PATH: class probabilities; --step too), report (a sweep's results table).
+--sweep runs a config's get_sweep().
 Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on each process (or PTFT_COORDINATOR,
 PTFT_NUM_PROCESSES, PTFT_PROCESS_ID), checked before jax is imported. Each process says what it waits for and stops
 with one sentence (exit 2) when the processes have not all connected within --init_timeout seconds (PTFT_INIT_TIMEOUT,
@@ -24,12 +25,13 @@ flags.DEFINE_string("input", None, "predict: an .npy (memory-mapped) or .npz (ar
                     "or float 0-1 (other values are refused), [N,H,W,C] or [N,H,W]; an image file; or a folder of "
                     "images (recursive; each line names its file); for a text classifier a text file, one text a "
                     "line, or a .jsonl of {\"text\"[, \"text_b\"]}.")
+flags.DEFINE_string("step", None, "evaluate / predict: which checkpoint, a step or 'best' (train.keep_best's); "
+                    "default: the newest that restores.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose run had a different config.")
 flags.DEFINE_string("coordinator", None, "Multi-host: address of process 0, e.g. 10.0.0.1:1234.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.DEFINE_integer("init_timeout", None, "Multi-host: seconds the processes may take to connect (default 300).")
-
 
 
 def parse_flags(argv):
@@ -68,7 +70,7 @@ def _run(ptft_jax, overrides, cluster):
         if not FLAGS.workdir or not FLAGS.input:
             raise ptft_jax.ConfigError("--mode=predict needs --workdir=RUN and --input=PATH.")
         from ptft_jax.predict import print_jsonl
-        print_jsonl(FLAGS.workdir, FLAGS.input)
+        print_jsonl(FLAGS.workdir, FLAGS.input, step=_step(ptft_jax))
         return
     if FLAGS.mode == "report":
         if not FLAGS.workdir:
@@ -91,7 +93,16 @@ def _run(ptft_jax, overrides, cluster):
     if FLAGS.mode == "train":
         ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     else:
-        ptft_jax.evaluate(config, FLAGS.workdir)
+        ptft_jax.evaluate(config, FLAGS.workdir, step=_step(ptft_jax))
+
+
+def _step(ptft_jax):
+    """--step as evaluate and predict take it: None, "best" or a step number."""
+    if FLAGS.step is None or FLAGS.step == "best":
+        return FLAGS.step
+    if not FLAGS.step.isdigit():
+        raise ptft_jax.ConfigError(f"--step={FLAGS.step} is neither a checkpoint step (a whole number) nor 'best'.")
+    return int(FLAGS.step)
 
 
 def _initialize(cluster):
