@@ -10,7 +10,7 @@ import pytest
 import ptft_jax
 from ptft_jax.dataset import Dataset, Split, carve_val
 
-from conftest import DIGITS, Log, digits_images, metrics_rows, quiet
+from conftest import DIGITS, Log, digits_images, launch, metrics_rows, quiet
 
 # lr 0.5 on the digits MLP: the validation loss falls, rises at step 100 and falls again; evaluated every 20 steps.
 SELECT = {"train.steps": 100, "train.eval_every": 20, "train.log_every": 20, "train.checkpoint_every": 20,
@@ -154,3 +154,14 @@ def test_masked_lm_validation_sequences_are_masked_once():
     assert len(val["input_ids"]) == 10 and val["masked_weights"].sum() > 0
     again = tasks.MaskedLM().with_val(Dataset("t", Split(40, arrays=arrays), Split(0, {}), 50, tokenizer=tok), d)
     np.testing.assert_array_equal(again.val.arrays["masked_positions"], val["masked_positions"])
+
+
+def test_the_command_line_evaluates_and_predicts_the_best_checkpoint(selected):
+    workdir, result, _ = selected
+    args = [f"--config={DIGITS}", f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in SELECT.items()]]
+    proc = launch("--mode=evaluate", "--step=best", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"evaluate: step {result['best_step']} | test loss {result['loss']:.4f}" in proc.stdout
+    bad = launch("--mode=evaluate", "--step=latest", *args)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --step=latest is neither a checkpoint step (a whole number) nor 'best'.")
