@@ -89,6 +89,9 @@ def _run(ptft_jax, overrides, cluster):
     if not FLAGS.config or not FLAGS.workdir:
         raise ptft_jax.ConfigError("Both --config=configs/NAME.py and --workdir=DIR are required.")
     config = ptft_jax.load_config(FLAGS.config, overrides)  # before jax is imported: a bad config fails at once
+    if cluster is None:  # the first line within a second (multi-host processes say what they wait for instead)
+        print(f"starting to {FLAGS.mode} {FLAGS.config} in {FLAGS.workdir}: jax, then the data and the model",
+              file=sys.stderr, flush=True)
     _initialize(cluster)
     if FLAGS.mode == "train":
         ptft_jax.train(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
