@@ -96,10 +96,11 @@ def stratified_split(x, y, test_fraction: float, seed: int):
     return (xtr, ytr), (xte, yte)
 
 
-def carve_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
+def carve_val(ds: Dataset, fraction: float, seed: int, log=None) -> Dataset:
     """`ds` with `fraction` of its training split moved to `ds.val`, seeded by `seed`, each part in its original
-    order: stratified by label when the split is in memory, else (records read on access, e.g. a folder kept on
-    disk for inception_crop) a seeded random choice, which reads no image."""
+    order: stratified by label when the split is in memory and every class can give examples to both parts, else
+    (records read on access, e.g. a folder kept on disk for inception_crop, or too few examples of a class: a
+    warning on `log` says so) a seeded random choice, which reads no image."""
     train = ds.train
     n = len(train)
     labels = train.arrays.get("label") if train.arrays is not None else None
@@ -108,20 +109,14 @@ def carve_val(ds: Dataset, fraction: float, seed: int) -> Dataset:
         raise DataError(f"data.val_fraction={fraction} of {n} training examples leaves {n_val} for validation "
                         f"and {n - n_val} for training; both need at least one.")
     idx = np.arange(n)
-    if labels is None:
-        val = np.random.default_rng([int(seed), 7]).permutation(n)[:n_val]
+    counts = collections.Counter(np.asarray(labels).tolist()) if labels is not None else {}
+    if counts and min(counts.values()) >= 2 and min(n_val, n - n_val) >= len(counts):
+        (_, _), (val, _) = stratified_split(idx, labels, n_val, seed)  # n_val: a count, not a fraction
     else:
-        counts = collections.Counter(np.asarray(labels).tolist())
-        if min(counts.values()) < 2:
-            c = min(counts, key=counts.get)
-            raise DataError(f"{ds.name}: class {c} has only 1 training example, too few for a stratified "
-                            f"validation split; add examples or leave data.val_fraction unset.")
-        try:
-            (_, _), (val, _) = stratified_split(idx, labels, n_val, seed)  # n_val: a count, not a fraction
-        except ValueError as e:
-            reason = str(e).split(". ")[0].rstrip(".")
-            raise DataError(f"{ds.name}: cannot carve {n_val} validation examples out of {n} ({reason}); change "
-                            f"data.val_fraction.") from None
+        if counts and log is not None:
+            log(f"warning: {ds.name}: {n} training examples of {len(counts)} classes are too few to stratify a "
+                f"validation split of {n_val}; it was drawn at random (seeded)")
+        val = np.random.default_rng([int(seed), 7]).permutation(n)[:n_val]
     val = np.sort(val)
     keep = np.setdiff1d(idx, val)
     if train.arrays is None:

@@ -57,12 +57,12 @@ class Task:
         """(model inputs, mixup weight or None) of a training batch."""
         return x, None
 
-    def with_val(self, ds, data_cfg):
+    def with_val(self, ds, data_cfg, log=None):
         """`ds` with its validation split: data.val_fraction of the training split carved out (stratified,
         seeded), or the data.val_split the source loaded, or none."""
         if data_cfg.val_split and self.text:
             raise ConfigError("data.val_split is for TFDS image datasets; for text use data.val_fraction (e.g. 0.1).")
-        return carve_val(ds, data_cfg.val_fraction, data_cfg.split_seed) if data_cfg.val_fraction else ds
+        return carve_val(ds, data_cfg.val_fraction, data_cfg.split_seed, log) if data_cfg.val_fraction else ds
 
     def host_transform(self, ds, data_cfg, seed: int):
         """The host pipeline's per-batch transform `(split, indices, share, step) -> batch`, or None."""
@@ -226,10 +226,10 @@ class MaskedLM(Task):
     def host_transform(self, ds, data_cfg, seed):
         return masking_for(data_cfg, ds.tokenizer, seed)
 
-    def with_val(self, ds, data_cfg):
+    def with_val(self, ds, data_cfg, log=None):
         """Validation sequences carved out of the packed training sequences, masked once with a fixed seed (as the
         test split is)."""
-        ds = super().with_val(ds, data_cfg)
+        ds = super().with_val(ds, data_cfg, log)
         if ds.val is not None:
             rng = np.random.default_rng(text_dataset.EVAL_MASK_SEED + 1)
             masked = masking_for(data_cfg, ds.tokenizer, 0).mask(ds.val.arrays, rng)

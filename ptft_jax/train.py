@@ -69,7 +69,7 @@ def build_run(config, workdir: str, log=print) -> Run:
         config = _published_model(config, init_from, log)
     task = tasks.from_config(config)
     ds = task.load(d, workdir, init_from.tokenizer_dir if init_from else None, log)
-    ds = task.with_val(ds, d)
+    ds = task.with_val(ds, d, log)
     task = task.bind(ds)
     vocab_size = ds.tokenizer_info["vocab_size"] if ds.tokenizer_info else None
     model = models.build(config.model, ds.num_classes, vocab_size=vocab_size)

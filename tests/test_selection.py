@@ -39,12 +39,16 @@ def test_the_validation_split_is_stratified_seeded_and_disjoint():
     assert not np.array_equal(other.val.arrays["image"], ds.val.arrays["image"])
 
 
-def test_a_class_too_small_to_stratify_is_one_sentence():
+def test_a_class_too_small_to_stratify_gives_a_random_split_and_says_so():
     ds = _digits_dataset()
     keep = np.flatnonzero(ds.train.arrays["label"] != 3).tolist() + [int(np.argmax(ds.train.arrays["label"] == 3))]
     ds.train = Split(len(keep), {k: v[keep] for k, v in ds.train.arrays.items()})
-    with pytest.raises(ptft_jax.UserError, match="class 3 has only 1 training example"):
-        carve_val(ds, 0.2, seed=0)
+    log = Log()
+    ds = carve_val(ds, 0.2, seed=0, log=log)
+    assert len(ds.val) == round(0.2 * len(keep)) and len(ds.train) + len(ds.val) == len(keep)
+    assert "too few to stratify a validation split" in log.text() and "at random (seeded)" in log.text()
+    with pytest.raises(ptft_jax.UserError, match="leaves 0 for validation"):
+        carve_val(_digits_dataset(), 0.0001, seed=0)
 
 
 def test_selection_needs_a_validation_split():
