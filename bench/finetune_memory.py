@@ -57,7 +57,8 @@ def measure(model_cfg, classes, task, batch, x0, optim_kw, strategy="full", rema
     opt_state = jax.eval_shape(tx.init, params)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state,
                        {k: v for k, v in variables.items() if k != "params"})
-    step = jax.jit(make_train_step(model, tx, task, 0, grad_accum=grad_accum), donate_argnums=(0,))
+    step = jax.jit(make_train_step(model, tx, task, 0, grad_accum=grad_accum,
+                                   trainable=optim.trainable(params, strategy)), donate_argnums=(0,))
     t = time.perf_counter()
     m = memory_bytes(step.lower(state, batch).compile())
     return {"trained": optim.count_trainable(params, strategy), "opt_state": _nbytes(opt_state),

@@ -31,7 +31,7 @@ def forward(model, params, model_state, x, train: bool, rng=None):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, grad_accum: int = 1,
-                    par=None) -> Callable:
+                    par=None, trainable=None) -> Callable:
     """One optimiser step on a batch. The step's key is `fold_in(fold_in(key(seed), 1), step)`: dropout and
     the task's mixing draw from it, so a resumed run draws the same numbers.
 
@@ -40,13 +40,19 @@ def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, gr
     share of the loss (`_loss_weight`): without randomness and BatchNorm the step equals one on the whole batch.
     Micro-batch i draws from `fold_in(step key, i)`, so its dropout and mixup differ from the whole batch's (still
     deterministic); BatchNorm normalises each micro-batch by its own statistics and updates the running ones once
-    per micro-batch. `par` (parallel.Parallel) keeps every micro-batch sharded on the `data` axis."""
+    per micro-batch. `par` (parallel.Parallel) keeps every micro-batch sharded on the `data` axis.
+
+    `trainable` (optim.trainable: a tree of bools like the params) stops the gradient at the frozen leaves, so XLA
+    computes no gradient for them (their optimiser sets the update to zero anyway): linear_probe then runs no
+    backward pass through the backbone, bitfit none into its kernels."""
     base_key = jax.random.key(seed)
 
     def grads_of(params, model_state, batch, rng):
         x, lam = task.mix(task.inputs(batch), rng)
 
         def loss_fn(params):
+            if trainable is not None:
+                params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
             logits, new_model_state = forward(model, params, model_state, x, True, rng)
             loss, accuracy = task.loss(logits, batch, lam)
             return loss, (accuracy, new_model_state)

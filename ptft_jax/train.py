@@ -397,7 +397,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
 
     # The data feed and the jitted calls.
     chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed, cfg.train.grad_accum,
-                                          run.par), run.par)
+                                          run.par, optim.trainable(state.params, cfg.finetune.strategy)), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
     feed = Feed(run.ds, run.task, run.order, run.par, cfg, state.params, start, s.total_steps, every)
     console = Console(s.total_steps, start)

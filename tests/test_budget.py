@@ -17,7 +17,7 @@ from ptft_jax import models, optim, tasks
 from ptft_jax.config import CHOICES, apply_overrides, defaults, validate
 from ptft_jax.errors import ConfigError
 from ptft_jax.parallel import Parallel
-from ptft_jax.step import TrainState, make_train_step
+from ptft_jax.step import TrainState, make_train_step, memory_bytes
 
 from conftest import DIGITS, ROOT, Log, launch_env, metrics_rows
 
@@ -140,7 +140,7 @@ import jax, jax.numpy as jnp, numpy as np, ml_collections
 from ptft_jax import models, optim, tasks
 from ptft_jax.config import defaults
 from ptft_jax.parallel import Parallel
-from ptft_jax.step import TrainState, make_train_step
+from ptft_jax.step import TrainState, make_train_step, memory_bytes
 par = Parallel(); assert par.num_devices == 4
 model = models.build(dict(name="mlp", hidden=(16,)), 10)
 tx = optim.build(ml_collections.ConfigDict({**defaults().optim.to_dict(), "lr": 0.1}), total_steps=1)
@@ -163,6 +163,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a subprocess with 4 CPU devices
 def test_grad_accum_on_four_devices_keeps_micro_batches_sharded():
     out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**launch_env(4), "PYTHONPATH": ROOT})
@@ -235,6 +236,24 @@ def test_bitfit_trains_biases_norms_and_head_only_with_no_state_for_the_rest():
     assert optim.count_trainable(state.params, "bitfit") == sum(
         x.size for x, t in zip(before, jax.tree.leaves(trains)) if t) < total / 10
     assert optim.count_trainable(state.params, "full") == total
+
+
+def test_frozen_leaves_get_no_gradient_computed():
+    """With optim.trainable passed to the step, linear_probe runs no backward pass through the BERT backbone: the
+    step's temporaries shrink severalfold, and the trained head's update is the same."""
+    model = models.build(dict(BERT, max_position=128), 2)
+    batch = _text_batches(1, b=16, t=128)[0]
+    x0 = {k: v[:1] for k, v in batch.items() if k != "label"}
+    params = _state(model, x0, optim.base(_optim(), 1)).params
+    tx = optim.build(_optim(name="adam"), finetune=_finetune("linear_probe"), params=params, total_steps=1)
+    state = _state(model, x0, tx)
+    temps, heads = [], []
+    for trainable in (None, optim.trainable(params, "linear_probe")):
+        step = jax.jit(make_train_step(model, tx, tasks.TextClassification(), 0, trainable=trainable))
+        temps.append(memory_bytes(step.lower(state, batch).compile())["temporaries"])
+        heads.append(step(state, batch)[0].params["head"])
+    assert temps[1] < temps[0] / 3, temps
+    _close(heads[1], heads[0])
 
 
 def test_bitfit_on_resnet_trains_batchnorm_scales_and_offsets():
