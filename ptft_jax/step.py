@@ -131,16 +131,18 @@ def memory_bytes(compiled) -> dict:
     return out
 
 
-def step_memory_bytes(jitted, *args) -> int | None:
-    """`memory_bytes(...)["total"]` of a jitted function at these arguments' shapes. After a call at the same
-    shapes it costs one trace and no compile (jax caches the executable the call compiled), and it reads only
-    shapes, so donated (deleted) arguments are fine."""
-    def spec(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)) \
-            if hasattr(x, "shape") else x
-
-    m = memory_bytes(jitted.lower(*jax.tree.map(spec, args)).compile())
-    return None if m is None else m["total"]
+def step_memory(jitted, *args) -> dict:
+    """{"step_memory_bytes": `memory_bytes(...)["total"]`} of a jitted function at these arguments' shapes and
+    shardings, for the first train line of metrics.jsonl; {} where it cannot be had cheaply. After a call with the
+    same (committed, as the data feed's are) arrays it costs one trace and no compile: jax caches the executable the
+    call compiled. It reads only shapes, so donated (deleted) arguments are fine. Uncommitted or NumPy arguments
+    would miss that cache and compile the function again, so then it gives {}."""
+    leaves = jax.tree.leaves(args)
+    if not all(isinstance(x, jax.Array) and x.committed for x in leaves):
+        return {}
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+    m = memory_bytes(jitted.lower(*specs).compile())
+    return {} if m is None else {"step_memory_bytes": m["total"]}
 
 
 def _scan(body, carry, xs):

@@ -29,7 +29,7 @@ from ptft_jax.graft import graft
 from ptft_jax.metrics import Console, MetricsFile, SteadyRate, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.selection import Selection
-from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step, step_memory_bytes
+from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step, step_memory
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
@@ -415,7 +415,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
                 console.notice("compiling the train step...")
             state, m = chunk(state, inputs)
             if first_line is None:  # read from the executable the call just compiled: one trace, no compile
-                first_line = {"step_memory_bytes": step_memory_bytes(chunk, state, inputs) or 0}
+                first_line = step_memory(chunk, state, inputs)
             if run.par.sync_each_call:
                 jax.block_until_ready(m)
             train_log.add(m, k)

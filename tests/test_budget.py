@@ -17,7 +17,7 @@ from ptft_jax import models, optim, tasks
 from ptft_jax.config import CHOICES, apply_overrides, defaults, validate
 from ptft_jax.errors import ConfigError
 from ptft_jax.parallel import Parallel
-from ptft_jax.step import TrainState, make_train_step, memory_bytes
+from ptft_jax.step import TrainState, make_chunk_fn, make_train_step, memory_bytes, step_memory
 
 from conftest import DIGITS, ROOT, Log, launch_env, metrics_rows
 
@@ -140,7 +140,7 @@ import jax, jax.numpy as jnp, numpy as np, ml_collections
 from ptft_jax import models, optim, tasks
 from ptft_jax.config import defaults
 from ptft_jax.parallel import Parallel
-from ptft_jax.step import TrainState, make_train_step, memory_bytes
+from ptft_jax.step import TrainState, make_chunk_fn, make_train_step, memory_bytes, step_memory
 par = Parallel(); assert par.num_devices == 4
 model = models.build(dict(name="mlp", hidden=(16,)), 10)
 tx = optim.build(ml_collections.ConfigDict({**defaults().optim.to_dict(), "lr": 0.1}), total_steps=1)
@@ -264,6 +264,32 @@ def test_bitfit_on_resnet_trains_batchnorm_scales_and_offsets():
     assert trains["stem_bn/scale"] and trains["stem_bn/bias"] and trains["block_0/BatchNorm_0/scale"]
     assert trains["head/kernel"] and not trains["stem_conv/kernel"] and not trains["block_1/proj_conv/kernel"]
     assert "bitfit" in CHOICES["finetune.strategy"]
+
+
+def test_step_memory_reads_the_executable_the_call_compiled():
+    """After one call of the chunk function on the feed's (committed) arrays, step_memory compiles nothing more;
+    on uncommitted arrays it gives {} rather than a second compile."""
+    par = Parallel()
+    model = models.build(dict(name="mlp", hidden=(16,)), 10)
+    tx = optim.build(_optim(), total_steps=2)
+    chunk = make_chunk_fn(make_train_step(model, tx, IMAGES, 0), par)
+    state = jax.device_put(_state(model, jnp.zeros((1, 8, 8, 1)), tx), par.replicated)
+    batches = jax.tree.map(lambda *x: jnp.stack(x), *_image_batches(2))
+    inputs = {"batches": jax.device_put(batches, par.chunk_sharded)}
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state, _ = chunk(state, inputs)
+        assert len(compiles) >= 1  # the listener sees the call's compile
+        seen = len(compiles)
+        line = step_memory(chunk, state, inputs)
+        assert step_memory(chunk, state, {"batches": batches}) == {}  # uncommitted: not measured
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == seen and line["step_memory_bytes"] > 0
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
+    assert line["step_memory_bytes"] >= params_bytes + batches["image"].nbytes  # the state and the batches, at least
 
 
 # --- the config path end to end ---------------------------------------------------------------------------------
