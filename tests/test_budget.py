@@ -34,15 +34,19 @@ def _finetune(strategy="full"):
 
 
 def _state(model, x, tx):
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
-    params = variables.pop("params")
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dict(variables))
+    """A fresh TrainState, made in one jitted call (eager init compiles op by op: slow on CPU)."""
+    def init():
+        variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+        params = variables.pop("params")
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dict(variables))
+
+    return jax.jit(init)()
 
 
-def _steps(model, task, tx, batches, x0, grad_accum=1, par=None):
-    """The state and metrics after one jitted train step per batch, from the same init."""
+def _steps(model, task, tx, batches, state, grad_accum=1, par=None):
+    """The state and metrics after one jitted train step per batch from `state` (not donated: reusable)."""
     step = jax.jit(make_train_step(model, tx, task, seed=0, grad_accum=grad_accum, par=par))
-    state, metrics = _state(model, x0, tx), []
+    metrics = []
     for batch in batches:
         state, m = step(state, batch)
         metrics.append(m)
@@ -94,15 +98,15 @@ IMAGES = tasks.ImageClassification(mean=(0.5,), std=(0.25,))
 def test_grad_accum_equals_one_step_on_the_whole_batch_mlp():
     model = models.build(dict(name="mlp", hidden=(32, 16)), 10)
     tx = optim.build(_optim(name="adam", lr=1e-2), total_steps=3)
-    batches, x0 = _image_batches(3), jnp.zeros((1, 8, 8, 1))
-    whole, m1 = _steps(model, IMAGES, tx, batches, x0)
-    accum, m4 = _steps(model, IMAGES, tx, batches, x0, grad_accum=4, par=Parallel())
+    batches, init = _image_batches(3), _state(model, jnp.zeros((1, 8, 8, 1)), tx)
+    whole, m1 = _steps(model, IMAGES, tx, batches, init)
+    accum, m4 = _steps(model, IMAGES, tx, batches, init, grad_accum=4, par=Parallel())
     assert int(accum.step) == 3  # one optimiser step per call, as without accumulation
     _close(accum.params, whole.params)
     _close(accum.opt_state, whole.opt_state)
     np.testing.assert_allclose([m["loss"] for m in m4], [m["loss"] for m in m1], rtol=1e-5)
     np.testing.assert_allclose([m["accuracy"] for m in m4], [m["accuracy"] for m in m1], rtol=1e-6)
-    assert not np.allclose(jax.tree.leaves(whole.params)[1], jax.tree.leaves(_state(model, x0, tx).params)[1])
+    assert not np.allclose(jax.tree.leaves(whole.params)[1], jax.tree.leaves(init.params)[1])
 
 
 @pytest.mark.slow
@@ -113,8 +117,9 @@ def test_grad_accum_weights_masked_lm_micro_batches_by_their_masked_positions():
     tx = optim.build(_optim(name="sgd", lr=0.5), total_steps=2)
     batches = _mlm_batches(2)
     x0 = {k: v[:1] for k, v in batches[0].items() if k != "masked_labels" and k != "masked_weights"}
-    whole, m1 = _steps(model, tasks.MaskedLM(), tx, batches, x0)
-    accum, m2 = _steps(model, tasks.MaskedLM(), tx, batches, x0, grad_accum=2)
+    init = _state(model, x0, tx)
+    whole, m1 = _steps(model, tasks.MaskedLM(), tx, batches, init)
+    accum, m2 = _steps(model, tasks.MaskedLM(), tx, batches, init, grad_accum=2)
     np.testing.assert_allclose([m["loss"] for m in m2], [m["loss"] for m in m1], rtol=1e-5)
     _close(accum.params, whole.params, rtol=1e-4, atol=1e-6)
 
@@ -193,12 +198,10 @@ def test_remat_keeps_the_param_tree_and_the_numbers(which, remat):
     plain, with_remat = models.build(cfg, 2 if which == "bert" else 10), \
         models.build(cfg, 2 if which == "bert" else 10, remat=remat)
     assert with_remat.remat == remat
-    init = _state(with_remat, x0, tx)
-    paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]  # noqa: E731
-    assert paths({"p": init.params, **init.model_state}) == paths(
-        {"p": _state(plain, x0, tx).params, **_state(plain, x0, tx).model_state})
-    a, ma = _steps(plain, task, tx, batches, x0)
-    b, mb = _steps(with_remat, task, tx, batches, x0)
+    init, shapes = _state(plain, x0, tx), jax.eval_shape(lambda: _state(with_remat, x0, tx))
+    assert jax.tree.structure(shapes) == jax.tree.structure(init)  # the same paths: old checkpoints load
+    a, ma = _steps(plain, task, tx, batches, init)
+    b, mb = _steps(with_remat, task, tx, batches, init)
     np.testing.assert_allclose(float(mb[0]["loss"]), float(ma[0]["loss"]), rtol=1e-6)
     _close(b.params, a.params)  # one SGD step: params - lr * grads, so the grads agree too
     _close(b.model_state, a.model_state)
@@ -206,13 +209,16 @@ def test_remat_keeps_the_param_tree_and_the_numbers(which, remat):
 
 # --- finetune.strategy=bitfit -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bitfit_trains_biases_norms_and_head_only_with_no_state_for_the_rest():
     model = models.build(dict(BERT, dropout_rate=0.1), 2)
     batches = _text_batches(3)
     x0 = {k: v[:1] for k, v in batches[0].items() if k != "label"}
-    init_params = _state(model, x0, optim.base(_optim(), 1)).params
+    init_params = jax.eval_shape(lambda: _state(model, x0, optim.base(_optim(), 1)).params)
     tx = optim.build(_optim(name="adam", lr=1e-2), finetune=_finetune("bitfit"), params=init_params, total_steps=3)
-    state, _ = _steps(model, tasks.TextClassification(), tx, batches, x0)
+    init = _state(model, x0, tx)
+    init_params = init.params
+    state, _ = _steps(model, tasks.TextClassification(), tx, batches, init)
     trains = optim.trainable(state.params, "bitfit")
     flat = jax.tree_util.tree_leaves_with_path(state.params)
     before = jax.tree.leaves(init_params)
@@ -238,13 +244,14 @@ def test_bitfit_trains_biases_norms_and_head_only_with_no_state_for_the_rest():
     assert optim.count_trainable(state.params, "full") == total
 
 
+@pytest.mark.slow
 def test_frozen_leaves_get_no_gradient_computed():
     """With optim.trainable passed to the step, linear_probe runs no backward pass through the BERT backbone: the
     step's temporaries shrink severalfold, and the trained head's update is the same."""
     model = models.build(dict(BERT, max_position=128), 2)
     batch = _text_batches(1, b=16, t=128)[0]
     x0 = {k: v[:1] for k, v in batch.items() if k != "label"}
-    params = _state(model, x0, optim.base(_optim(), 1)).params
+    params = jax.eval_shape(lambda: _state(model, x0, optim.base(_optim(), 1)).params)
     tx = optim.build(_optim(name="adam"), finetune=_finetune("linear_probe"), params=params, total_steps=1)
     state = _state(model, x0, tx)
     temps, heads = [], []
@@ -258,7 +265,7 @@ def test_frozen_leaves_get_no_gradient_computed():
 
 def test_bitfit_on_resnet_trains_batchnorm_scales_and_offsets():
     model = models.build(RESNET, 10)
-    params = _state(model, jnp.zeros((1, 8, 8, 3)), optim.base(_optim(), 1)).params
+    params = jax.eval_shape(lambda: _state(model, jnp.zeros((1, 8, 8, 3)), optim.base(_optim(), 1)).params)
     trains = {jax.tree_util.keystr(p, simple=True, separator="/"): t
               for p, t in jax.tree_util.tree_leaves_with_path(optim.trainable(params, "bitfit"))}
     assert trains["stem_bn/scale"] and trains["stem_bn/bias"] and trains["block_0/BatchNorm_0/scale"]
