@@ -116,6 +116,13 @@ def defaults() -> ml_collections.ConfigDict:
         label_smoothing=0.0,     # training loss targets: (1 - x) one-hot + x / classes
         mixup_alpha=0.0,         # > 0: mix each batch with its reverse, weight ~ Beta(alpha, alpha), in the step
         on_nonfinite="stop",     # stop | skip: a non-finite loss or gradient stops the run, or the step is skipped
+        grad_accum=1,            # micro-batches per optimiser step: data.batch_size stays the batch of a step, each
+                                 # device's share split in grad_accum parts run one after another (less activation
+                                 # memory); gradients equal one step on the whole batch, except that BatchNorm
+                                 # normalises each micro-batch on its own and dropout / mixup draw per micro-batch
+        remat=False,             # recompute each block (BERT layer, ResNet block, MLP layer) in the backward pass
+                                 # instead of keeping its activations: true, or a jax.checkpoint_policies name
+                                 # (e.g. dots_with_no_batch_dims_saveable keeps the matmuls' outputs); same numbers
         compile_cache="auto",    # folder for compiled XLA executables, reused by later runs; auto:
                                  # ~/.cache/ptft_jax/xla on GPU/TPU, off on CPU; "": off (compile_cache.py)
     ))
@@ -123,7 +130,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.init_step = None           # with a workdir in init_from: which step (default: latest; "best": its keep_best)
     c.graft = None               # fine-tuning: [(regex, "load"|"init"|"zero"), ...]; default: all but head load
     c.finetune = ml_collections.ConfigDict(dict(
-        strategy="full",         # full | linear_probe
+        strategy="full",         # full | linear_probe (the head only) | bitfit (the head, biases and norm scales)
         lr_mults=None,           # [(regex, multiplier), ...]
         layer_decay=None,        # lr *= layer_decay ** (depth from the head) for numbered blocks
     ))
@@ -135,12 +142,17 @@ TRI_STATE = ("auto", "true", "false")
 CHOICES: dict[str, tuple] = {
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
-    "finetune.strategy": ("full", "linear_probe"),
+    "finetune.strategy": ("full", "linear_probe", "bitfit"),
+    # jax.checkpoint_policies that take no arguments (tests/test_budget.py checks that jax has each).
+    "train.remat": (False, True, "everything_saveable", "nothing_saveable", "dots_saveable",
+                    "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims"),
     "train.on_nonfinite": ("stop", "skip"),
     "data.in_memory": TRI_STATE,
     "data.device_resident": TRI_STATE,
     "data.augment": (None, "crop_flip", "inception_crop"),
 }
+# Keys that take true / false or a name (validate() checks which, by CHOICES).
+BOOL_OR_NAME_KEYS = ("train.remat",)
 # Keys given as true/false or "auto" (any case, or a bool): validate() stores them as "auto" | "true" | "false".
 TRI_STATE_KEYS = tuple(k for k, v in CHOICES.items() if v is TRI_STATE)
 
@@ -210,6 +222,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.steps_per_call": (lambda v: v is None or (_whole(v) and v >= 1),
                              "train.steps_per_call must be a whole number of at least 1 (or None to choose), "
                              "not {value}."),
+    "train.grad_accum": (lambda v: _whole(v) and v >= 1,
+                         "train.grad_accum must be a whole number of at least 1, not {value}: e.g. 4 runs each step "
+                         "as 4 micro-batches."),
     "train.label_smoothing": (lambda v: _real(v) and 0 <= v < 1,
                               "train.label_smoothing must be in [0, 1), not {value}: e.g. 0.1, or 0 for none."),
     "train.mixup_alpha": (lambda v: _real(v) and v >= 0,
@@ -300,6 +315,9 @@ def _unknown_key(path: str, valid: Iterable[str]) -> ConfigError:
 
 def parse_value(text: str, current: Any, path: str) -> Any:
     """Parses a command-line override string into the type of the current value."""
+    if path in BOOL_OR_NAME_KEYS:
+        low = text.strip().lower()
+        return {"true": True, "false": False}.get(low, text.strip())
     if isinstance(current, bool):
         low = text.strip().lower()
         if low in ("true", "1", "yes"):
@@ -331,7 +349,7 @@ def _tri_state(value: Any) -> Any:
 def _check_type(path: str, current: Any, value: Any) -> Any:
     if path in TRI_STATE_KEYS:
         return _tri_state(value)
-    if value is None or current is None:
+    if value is None or current is None or path in BOOL_OR_NAME_KEYS:
         return value
     if isinstance(current, bool) or isinstance(value, bool):
         if isinstance(current, bool) and isinstance(value, bool):
@@ -430,6 +448,9 @@ def _check_values(config):
                           f"data.val_fraction (e.g. 0.1) to carve a validation split out of the training data.")
     if d.val_fraction and d.val_split:
         raise ConfigError("data.val_fraction and data.val_split both name a validation split; set one of them.")
+    if d.batch_size % t.grad_accum:
+        raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by train.grad_accum {t.grad_accum}; "
+                          f"choose a grad_accum that divides the batch (per device, too).")
     if config.data.augment == "inception_crop" and not config.data.image_size:
         raise ConfigError("data.augment=inception_crop needs data.image_size (e.g. 224), the size of the crops.")
     _check_source(config.data.source)

@@ -56,14 +56,33 @@ def build(cfg, total_steps: int | None = None, finetune=None, params=None, steps
     if finetune is None or params is None:
         return tx
     mults = path_multipliers(params, finetune)
-    if finetune.strategy == "linear_probe":  # else "full": every leaf trains
-        labels = jax.tree_util.tree_map_with_path(
-            lambda p, _: "train" if _is_head(_path(p)) else "freeze", params)
+    if finetune.strategy != "full":  # linear_probe | bitfit
+        labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable(params, finetune.strategy))
         # Frozen leaves get no updates and keep no optimiser state.
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     if any(m != 1.0 for m in jax.tree.leaves(mults)):
         tx = optax.chain(tx, _scale_by_tree(mults))
     return tx
+
+
+def trainable(params, strategy: str):
+    """Which leaves finetune.strategy trains (a tree of bools like `params`): every leaf (full); the head
+    (linear_probe); or, for bitfit (Ben Zaken et al. 2022), the head, every `bias` (Dense, conv, LayerNorm and
+    BatchNorm offsets, the masked-LM output bias) and every `scale` (the LayerNorm / BatchNorm scales): the
+    kernels and embeddings stay as loaded."""
+    def trains(keypath, _):
+        path = _path(keypath)
+        if strategy == "full" or _is_head(path):
+            return True
+        return strategy == "bitfit" and path.rsplit("/", 1)[-1] in ("bias", "scale")
+
+    return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def count_trainable(params, strategy: str) -> int:
+    """The number of parameters finetune.strategy trains."""
+    return sum(int(x.size) for x, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable(params, strategy)))
+               if t)
 
 
 def _path(keypath) -> str:

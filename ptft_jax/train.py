@@ -29,7 +29,7 @@ from ptft_jax.graft import graft
 from ptft_jax.metrics import Console, MetricsFile, SteadyRate, is_main, params_by_module, plot_curves
 from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.selection import Selection
-from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step
+from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step, step_memory
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
@@ -64,6 +64,11 @@ def build_run(config, workdir: str, log=print) -> Run:
     compile_cache.enable(t.compile_cache)
     par = Parallel()
     par.check_batch(d.batch_size)
+    per_device = d.batch_size // par.num_devices
+    if per_device % t.grad_accum:
+        raise ConfigError(f"train.grad_accum {t.grad_accum} does not divide each device's {per_device} examples "
+                          f"(data.batch_size {d.batch_size} over {par.num_devices} devices); choose a grad_accum "
+                          f"that divides {per_device}.")
     par.check_batch(d.eval_batch_size, "data.eval_batch_size")
     if init_from is not None and init_from.model:
         config = _published_model(config, init_from, log)
@@ -72,7 +77,7 @@ def build_run(config, workdir: str, log=print) -> Run:
     ds = task.with_val(ds, d, log)
     task = task.bind(ds)
     vocab_size = ds.tokenizer_info["vocab_size"] if ds.tokenizer_info else None
-    model = models.build(config.model, ds.num_classes, vocab_size=vocab_size)
+    model = models.build(config.model, ds.num_classes, vocab_size=vocab_size, remat=t.remat)
     order = EpochOrder(len(ds.train), d.batch_size, t.seed)
     steps = durations(config, order.steps_per_epoch)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), task.init_inputs(ds)))["params"]
@@ -283,7 +288,7 @@ class _TrainLog:
     def resume(self):
         self.steady.resume()
 
-    def write(self, step: int):
+    def write(self, step: int, **extra):
         ms, self.pending = jax.device_get(self.pending), []
         loss = float(np.mean(np.concatenate([m["loss"] for m in ms])))
         acc = float(np.mean(np.concatenate([m["accuracy"] for m in ms])))
@@ -292,7 +297,7 @@ class _TrainLog:
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = step, now
         self.run.metrics.write(step, "train", loss=loss, accuracy=acc, steps_per_s=rate, skipped_steps=self.skipped,
-                               lr=self.lr(step))
+                               lr=self.lr(step), **extra)
         self.console.update(step, self.steady.rate(), loss=loss, acc=acc)
 
 
@@ -315,12 +320,24 @@ def _save_and_stop(run: Run, step: int, state, stopper, console):
                       f"{run.ckpt.directory}: rerun the same command to resume.", stopper.signum or 15)
 
 
+def _param_counts(run: Run, state) -> dict:
+    """{"params": all of them, "trainable_params": those finetune.strategy trains}."""
+    return {"params": models.count_params(state.params),
+            "trainable_params": optim.count_trainable(state.params, run.config.finetune.strategy)}
+
+
 def _summary(run: Run, state) -> str:
     cfg, p = run.config, state.params
     sizes = f"{len(run.ds.train)} train, {_val_size(run)}{len(run.ds.test)} test"
-    return (f"model {cfg.model.name}: {models.count_params(p):,} params ({params_by_module(p)}) | data {run.ds.name}: "
+    counts = _param_counts(run, state)
+    trained = "" if counts["trainable_params"] == counts["params"] else \
+        f", {counts['trainable_params']:,} trained ({cfg.finetune.strategy})"
+    budget = (f", grad_accum {cfg.train.grad_accum}" if cfg.train.grad_accum > 1 else "") + \
+        (f", remat {cfg.train.remat}" if cfg.train.remat is not False else "")
+    return (f"model {cfg.model.name}: {counts['params']:,} params{trained} ({params_by_module(p)}) | "
+            f"data {run.ds.name}: "
             f"{sizes} | {run.par.describe()} | {run.steps.total_steps} "
-            f"steps ({run.order.steps_per_epoch}/epoch, batch {cfg.data.batch_size}) | checkpoints in "
+            f"steps ({run.order.steps_per_epoch}/epoch, batch {cfg.data.batch_size}{budget}) | checkpoints in "
             f"{run.ckpt.directory}")
 
 
@@ -366,19 +383,21 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
         write_text(os.path.join(run.workdir, "config.json"), to_json(cfg))
         write_json(os.path.join(run.workdir, "data.json"), run.ds.info(run.task.name), indent=2)
     log(_summary(run, state))
+    counts = _param_counts(run, state)
     start = int(state.step)
     select = None
     if run.ds.val is not None:  # rebuilt from the log up to the resumed step: a resumed run remembers its count
         rows = [r for r in run.metrics.read() if r["step"] <= start]
         select = Selection(cfg.train.keep_best, cfg.train.early_stop, rows)
     if start >= s.total_steps or (select and select.stop):
-        return _finished(run, state, select, log)
+        return {**_finished(run, state, select, log), **counts}
     if select is None:
         log("no validation split (data.val_fraction / data.val_split): the evaluations during training are on the "
             "test split, and nothing is selected on them")
 
     # The data feed and the jitted calls.
-    chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed), run.par)
+    chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed, cfg.train.grad_accum,
+                                          run.par, optim.trainable(state.params, cfg.finetune.strategy)), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
     feed = Feed(run.ds, run.task, run.order, run.par, cfg, state.params, start, s.total_steps, every)
     console = Console(s.total_steps, start)
@@ -389,12 +408,14 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     train_log = _TrainLog(run, console, start)
     stopper = StopRequest()
     t_start = last_save = time.perf_counter()
-    step, unchecked = start, None
+    step, unchecked, first_line = start, None, None if start == 0 else {}  # step_memory_bytes: a fresh run's
     try:
         for step, k, at_boundary, inputs in feed:
             if train_log.compiles(k) and step == start:
                 console.notice("compiling the train step...")
             state, m = chunk(state, inputs)
+            if first_line is None:  # read from the executable the call just compiled: one trace, no compile
+                first_line = step_memory(chunk, state, inputs)
             if run.par.sync_each_call:
                 jax.block_until_ready(m)
             train_log.add(m, k)
@@ -411,7 +432,8 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             unchecked = None
             # Log.
             if step % s.log_every == 0 or step == s.total_steps:
-                train_log.write(step)
+                train_log.write(step, **first_line)
+                first_line = {}
             train_log.pause()  # evaluating and saving are not training time (resumed below)
             # Evaluate (and select: the best checkpoint, early stopping).
             if (step % s.eval_every == 0 and step < s.total_steps) or (select and step == s.total_steps):
@@ -451,7 +473,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     chosen = f" (the best checkpoint, step {ev['best_step']})" if "best_step" in ev else ""
     speed = f"{rate:.1f} steps/s training, " if rate else ""
     log(f"done: step {step} | {_describe(ev)}{chosen} | {speed}{elapsed:.1f}s in all | {run.workdir}")
-    return {"step": step, "split": "test", **ev}
+    return {"step": step, "split": "test", **ev, **counts}
 
 
 def _plot(run: Run, log):

@@ -16,8 +16,12 @@ REGISTRY = {"mlp": MLP, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build(model_config, num_classes: int | None = None, vocab_size: int | None = None):
+def build(model_config, num_classes: int | None = None, vocab_size: int | None = None, remat=False):
     """Builds the model named by `model_config.name` with the other keys as its fields.
+
+    `remat` (train.remat: true or a jax.checkpoint_policies name) sets the model's `remat` field: a training
+    choice, not part of the architecture (the params are the same), so it lives in config.train and the models
+    built to predict, export or convert leave it off.
 
     `num_classes` and `vocab_size` (the tokenizer's) fill the model's fields of those names when the config
     leaves them unset (or None); a configured vocab_size smaller than the tokenizer's is an error (larger is
@@ -42,6 +46,10 @@ def build(model_config, num_classes: int | None = None, vocab_size: int | None =
     for key, value in kwargs.items():
         if isinstance(value, list):
             kwargs[key] = tuple(value)
+    if remat:
+        if "remat" not in fields:
+            raise ConfigError(f"train.remat is not supported by model {name!r}; set train.remat=false.")
+        kwargs["remat"] = remat
     if num_classes is not None and "num_classes" in fields and kwargs.get("num_classes") is None:
         kwargs["num_classes"] = num_classes
     if vocab_size is not None and "vocab_size" in fields:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models.remat import maybe_remat
 
 # size: (layers, hidden, heads); intermediate = 4 * hidden
 PRESETS = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
@@ -135,6 +136,7 @@ class BertEncoder(nn.Module):
     attention_dropout_rate: float = 0.0    # dropout on the attention probabilities (HF attention_probs_dropout_prob)
     use_pooler: bool = True
     dtype: Any = jnp.float32               # compute dtype; params stay float32
+    remat: bool | str = False              # train.remat: recompute each layer in the backward pass (models/remat.py)
 
     def dims(self):
         if self.size not in PRESETS:
@@ -149,7 +151,8 @@ class BertEncoder(nn.Module):
         layers, hidden, heads, inter = self.dims()
         self.embeddings = BertEmbeddings(self.vocab_size, hidden, self.max_position, self.type_vocab_size,
                                          self.dropout_rate, self.dtype)
-        self.layer = [BertLayer(hidden, heads, inter, self.dropout_rate, self.dtype, self.attention_dropout_rate)
+        layer = maybe_remat(BertLayer, self.remat, static_argnums=(3,))  # (self, x, mask, train)
+        self.layer = [layer(hidden, heads, inter, self.dropout_rate, self.dtype, self.attention_dropout_rate)
                       for _ in range(layers)]
         if self.use_pooler:
             self.pooler = nn.Dense(hidden, dtype=self.dtype, kernel_init=_init)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ptft_jax.errors import ConfigError
+from ptft_jax.models.remat import maybe_remat
 
 
 def conv_init(key, shape, dtype=jnp.float32):
@@ -102,6 +103,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False  # the last BatchNorm scale of each residual branch starts at 0
     dtype: Any = jnp.float32          # compute dtype; params stay float32
     bn_unbiased_var: bool = False     # running variance from the unbiased batch variance, as torch keeps it
+    remat: bool | str = False         # train.remat: recompute each block in the backward pass (models/remat.py)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -109,7 +111,8 @@ class ResNet(nn.Module):
             raise ConfigError(f"model.block {self.block!r} is not one of: basic, bottleneck.")
         if self.stem not in ("imagenet", "cifar"):
             raise ConfigError(f"model.stem {self.stem!r} is not one of: imagenet, cifar.")
-        block = BasicBlock if self.block == "basic" else Bottleneck
+        block = maybe_remat(BasicBlock if self.block == "basic" else Bottleneck, self.remat,
+                            static_argnums=(2,))  # (self, x, train)
         k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
         conv, norm = _layers(self.dtype, train, self.bn_unbiased_var)
         x = conv(self.width, (k, k), stride, padding=((k // 2, k // 2),) * 2, name="stem_conv")(x.astype(self.dtype))
