@@ -20,6 +20,12 @@ atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (stable otherwise): on the CI's two xdist workers the long runs start early and the
+    short ones fill in around them, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def launch(*args, devices: int | None = None, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
     """Runs the real launch.py in a subprocess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], capture_output=True, text=True,
