@@ -154,3 +154,20 @@ def test_a_full_disk_is_one_sentence(tmp_path, limit, names):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and names in last and "File too large" in last
     assert "done:" not in proc.stdout
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    """kill -9 of a process while it rewrites a workdir file (as files.write_text does config.json): the file is
+    always one whole version, never a cut one (a plain open(path, "w") left 0-byte config.json files)."""
+    path = tmp_path / "config.json"
+    versions = {"A" * 8_000_000, "B" * 8_000_000}
+    writer = ("import itertools, sys; from ptft_jax.files import write_text\n"
+              "for c in itertools.cycle('AB'):\n    write_text(sys.argv[1], c * 8_000_000)\n")
+    path.write_text("A" * 8_000_000)
+    for delay in (0.3, 0.55, 0.8):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=ROOT, env=launch_env())
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert path.read_text() in versions
+    assert [p.name for p in tmp_path.iterdir() if p.name != "config.json" and not p.name.endswith(".tmp")] == []
