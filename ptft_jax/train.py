@@ -360,11 +360,11 @@ def train(config, workdir: str, log=print, allow_config_change: bool = False) ->
         lock.acquire()
     try:
         return _train(config, workdir, log, allow_config_change)
-    except OSError as e:  # a full disk or a vanished folder while writing a workdir file
+    except OSError as e:  # a full disk, a vanished or read-only folder: on a workdir file or another the run uses
         if e.errno not in _STORAGE_ERRNOS:
             raise
-        raise CheckpointError(f"Writing {e.filename or workdir} failed ({e.strerror}); the checkpoints already "
-                              f"saved are intact: free space or fix the folder, then rerun.") from e
+        raise CheckpointError(f"{e.filename or workdir}: {e.strerror}; the checkpoints already saved are intact: "
+                              f"free space or fix the file or folder, then rerun.") from e
     finally:
         if lock:
             lock.release()
