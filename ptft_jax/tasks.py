@@ -229,6 +229,10 @@ class MaskedLM(Task):
     def with_val(self, ds, data_cfg, log=None):
         """Validation sequences carved out of the packed training sequences, masked once with a fixed seed (as the
         test split is)."""
+        if data_cfg.val_fraction and not ds.train.arrays:
+            raise ConfigError(f"data.val_fraction carves validation sequences out of packed in-memory text, and "
+                              f"{data_cfg.source} is packed by lanes (data.stream); leave data.val_fraction unset "
+                              f"(the test split, data.max_test_documents held-out documents, is evaluated).")
         ds = super().with_val(ds, data_cfg, log)
         if ds.val is not None:
             rng = np.random.default_rng(text_dataset.EVAL_MASK_SEED + 1)
