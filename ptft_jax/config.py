@@ -158,7 +158,6 @@ CHOICES: dict[str, tuple] = {
     "train.on_nonfinite": ("stop", "skip"),
     "data.in_memory": TRI_STATE,
     "data.stream": TRI_STATE,
-    "data.skip_bad_documents": (False, True),
     "data.device_resident": TRI_STATE,
     "data.augment": (None, "crop_flip", "inception_crop"),
 }
@@ -466,9 +465,6 @@ def _check_values(config):
                           f"data.val_fraction (e.g. 0.1) to carve a validation split out of the training data.")
     if d.val_fraction and d.val_split:
         raise ConfigError("data.val_fraction and data.val_split both name a validation split; set one of them.")
-    if str(d.stream).lower() == "true" and config.model.name != "bert_mlm":
-        raise ConfigError(f"data.stream=true streams masked-LM pretraining text (model.name=bert_mlm), not data for "
-                          f"model {config.model.name}; leave data.stream=auto.")
     if d.batch_size % t.grad_accum:
         raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by train.grad_accum {t.grad_accum}; "
                           f"choose a grad_accum that divides the batch (per device, too).")

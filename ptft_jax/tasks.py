@@ -77,6 +77,9 @@ class Task:
 
     def _check_source(self, data_cfg):
         source = str(data_cfg.source)
+        if data_cfg.get("stream") == "true" and self.name != "mlm":
+            raise ConfigError(f"data.stream=true streams masked-LM pretraining text (model.name=bert_mlm), not the "
+                              f"data of the {self.name} task; leave data.stream=auto.")
         if not source.startswith("tfds:") and is_text_source(source) != self.text:
             raise ConfigError(f"data.source {source} is {'text' if is_text_source(source) else 'images'} but the "
                               f"model's task is {self.name}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:, "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ptft_jax
+from ptft_jax import tasks
 from ptft_jax.text import pack, stream
 from ptft_jax.text.dataset import load_masked_lm
 from ptft_jax.text.masking import MLMMasking
@@ -184,8 +185,9 @@ def test_tokenizer_sample_bounds_the_texts_and_the_index_is_cached(tmp_path, mon
 def test_stream_true_needs_a_stream_source():
     with pytest.raises(ptft_jax.ConfigError, match="data.stream=true streams text:, jsonl: or tfds: sources"):
         load_masked_lm(mlm_config("pydocs_mlm", **{"data.stream": True}).data, log=quiet)
+    cfg = ptft_jax.load_config(os.path.join(CONFIGS, "digits_mlp_pretrain.py"), {"data.stream": "true"})
     with pytest.raises(ptft_jax.ConfigError, match="data.stream=true streams masked-LM pretraining text"):
-        ptft_jax.load_config(os.path.join(CONFIGS, "digits_mlp_pretrain.py"), {"data.stream": "true"})
+        tasks.from_config(cfg).load(cfg.data)
 
 
 def rows(workdir):
