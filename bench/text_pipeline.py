@@ -4,12 +4,12 @@ A seeded generator writes corpora of 50 MB and 500 MB (--sizes) of words drawn Z
 fixed vocabulary of 20,000 made-up words, ~12 words a line, ~200 words a document, a blank line between documents,
 into a temporary folder (deleted at the end). A WordPiece vocabulary is trained once on 20,000 documents of the
 first corpus (timed, reported). Each (size, workers) cell then runs in its own subprocess, so that its peak RSS
-(getrusage RUSAGE_SELF ru_maxrss) is its own: index the corpus (no cache), split it, build the lanes (batch 256 x
-128, BERT-base's), time the first batch, then the next --steps batches (steady tokens/s = steps x 256 x 128 /
-time). "1 worker": one lane thread and RAYON_NUM_THREADS=1 (the tokenizer's own pool), i.e. one core; "N
-workers": N lane threads and the tokenizer's default pool, over the machine's cores. Per-core rates are those
-divided by the cores used; the issue's target is per-core x 16 >= 704,000 tokens/s (BERT-base at 5,500
-sequences/s x 128 on an H200).
+(getrusage RUSAGE_SELF ru_maxrss; also VmRSS once the tokenizer is loaded and at the end) is its own: index the
+corpus (no cache), split it, build the lanes (batch 256 x 128, BERT-base's), time the first batch, then the next
+--steps batches (steady tokens/s = steps x 256 x 128 / time). "1 worker": one lane thread and
+RAYON_NUM_THREADS=1 (the tokenizer's own pool), i.e. one core; "N workers": N lane threads and the tokenizer's
+default pool, over the machine's cores. Per-core rates are those divided by the cores used; the issue's target is
+per-core x 16 >= 704,000 tokens/s (BERT-base at 5,500 sequences/s x 128 on an H200).
 
 `python -m bench --only text_pipeline` runs the same as a row of the main table (bench/run.py).
 """
@@ -50,13 +50,19 @@ def make_corpus(path: str, mb: float, seed: int = 0, words: int = 20_000) -> int
     return written
 
 
+def rss_now_mb() -> float:
+    """This process's resident set now (VmRSS), MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def measure(folder: str, vocab: str, workers: int, steps: int) -> dict:
     """One cell, in this process: see the module docstring."""
     from ptft_jax.text.masking import MLMMasking
     from ptft_jax.text.stream import FileDocuments, LaneStream, Tokens
     from ptft_jax.text.tokenizer import WordPieceTokenizer
     tok = WordPieceTokenizer.load(vocab)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = rss_now_mb()
     t0 = time.perf_counter()
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".txt"))
     docs = FileDocuments(files, jsonl=False, log=lambda *_: None)
@@ -74,7 +80,8 @@ def measure(folder: str, vocab: str, workers: int, steps: int) -> dict:
     it.close()
     return dict(documents=len(docs), index_s=t_index, first_batch_s=t_first,
                 tokens_per_s=steps * BATCH * MAX_LEN / steady, steady_s=steady,
-                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_before_mb=rss0 / 1024)
+                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_start_mb=rss0,
+                rss_end_mb=rss_now_mb())
 
 
 def cell(folder, vocab, workers, steps, one_core: bool) -> dict:
@@ -132,11 +139,13 @@ def run(sizes=(50, 500), steps: int = 30, workers: int | None = None, log=print)
 
 def table(result) -> str:
     lines = ["| corpus | workers (cores) | documents | index s | first batch s | tokens/s | tokens/s per core "
-             "| x16 cores | peak RSS MB | RSS vs smallest |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| x16 cores | peak RSS MB | RSS vs smallest | VmRSS start -> end MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['size_mb']} MB | {r['workers']} ({r['cores']}) | {r['documents']:,} | {r['index_s']:.2f} "
                      f"| {r['first_batch_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_core']:,.0f} | "
-                     f"{16 * r['tokens_per_s_per_core']:,.0f} | {r['rss_mb']:,.0f} | {r['rss_vs_smallest']:.2f}x |")
+                     f"{16 * r['tokens_per_s_per_core']:,.0f} | {r['rss_mb']:,.0f} | {r['rss_vs_smallest']:.2f}x | "
+                     f"{r['rss_start_mb']:,.0f} -> {r['rss_end_mb']:,.0f} |")
     return "\n".join(lines)
 
 

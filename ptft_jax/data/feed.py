@@ -150,7 +150,7 @@ class Feed:
             return None
         lanes = self.stream.state_at(step)
         if self.par.process_count > 1:
-            lanes = np.asarray(multihost_utils.process_allgather(lanes)).reshape(-1, 3)
+            lanes = np.asarray(multihost_utils.process_allgather(lanes.astype(np.int32))).reshape(-1, 3)
         return {"stream": {"lanes": np.asarray(lanes).tolist()}}
 
     def logged(self) -> dict:

@@ -22,6 +22,11 @@ compactly (`compact`: uint16 ids and lengths). The arrays are cached in WORKDIR/
 everything they depend on (source, splits, max_len, max_documents, text fields, vocabulary, the files' sizes and
 times), so a resumed run skips reading and tokenising. The test split of masked-LM is masked once at load time with
 a fixed seed; training batches are masked in the host pipeline (text/masking.py's `MLMMasking`).
+
+Masked-LM over text:, jsonl: and tfds: (`load_lanes`) is packed by lanes instead (text/stream.py): the training
+documents are indexed, not read, and streamed per step (data.stream=false: tokenised into memory first, the same
+batches); the tokenizer is trained on data.tokenizer_sample documents; the test split is at most
+data.max_test_documents held-out documents, packed and masked once as above; WORKDIR/tokenized/ is not used.
 """
 from __future__ import annotations
 
@@ -360,6 +365,9 @@ def load_lanes(cfg, workdir, init_tokenizer, log) -> Dataset:
     test = masking_for(cfg, tok, 0).mask(
         pack(_tokenize(tok, texts, log, "test"), int(cfg.max_len), tok.cls_id, tok.sep_id, tok.pad_id),
         np.random.default_rng(EVAL_MASK_SEED))
+    if not len(test["input_ids"]):
+        raise DataError(f"the {len(test_ids)} held-out documents of {cfg.source} hold no text; raise "
+                        f"data.test_fraction or data.max_test_documents.")
     streamed = cfg.get("stream") != "false"
     tokens = stream.Tokens(train_docs, tok) if streamed else stream.MemoryDocuments(train_docs, tok, train_ids, log)
     train = stream.StreamSplit(len(train_ids), tokens=tokens, ids=train_ids, skipped=train_docs.skipped,

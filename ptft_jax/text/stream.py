@@ -33,7 +33,8 @@ from ptft_jax.dataset import Split
 from ptft_jax.errors import DataError
 
 INDEX_DIR = "stream_index"
-SCAN_CHUNK = 4 << 20  # bytes read at a time by the index scan (its transient memory is a few times this)
+SCAN_CHUNK = 1 << 20  # bytes read at a time by the index scan: larger blocks' temporaries stay in the heap
+# (4 MB blocks left +44 MB of RSS after a 500 MB corpus, 1 MB blocks +12 MB; bench/text_pipeline.py)
 _SPACE = np.zeros(256, bool)
 _SPACE[list(b" \t\r\n\x0b\x0c")] = True  # what makes a line blank (a blank line ends a text: document)
 SKIP_HINT = "or set data.skip_bad_documents=true to skip (and count) such documents"
@@ -132,7 +133,7 @@ class FileDocuments:
         for path in self.files:
             starts, ends = self._index(path, cache_dir, skip_bad, log)
             self._starts.append(starts)
-            self._ends.append(ends)
+            self._ends.append(ends)  # the end of file when documents end where the next starts (no bad ones)
             counts.append(len(starts))
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -145,7 +146,7 @@ class FileDocuments:
                 if not skip_bad:
                     raise DataError(f"{path}: the file is empty (byte offset 0); remove it, {SKIP_HINT}.")
                 self.skipped += 1
-                return empty, empty
+                return empty, 0
             key = hashlib.sha256(json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns, self.jsonl,
                                              skip_bad, 1]).encode()).hexdigest()[:24]
             cached = os.path.join(cache_dir, f"{key}.npz") if cache_dir else None
@@ -161,15 +162,15 @@ class FileDocuments:
                 raise DataError(f"{path}: cannot be read at byte offset 0 ({e.strerror or e}); fix or remove the "
                                 f"file, {SKIP_HINT}.") from None
             self.skipped += 1
-            return empty, empty
+            return empty, 0
+        if not len(bad):
+            return starts, int(end)
         ends = np.append(starts[1:], np.uint64(end))
-        if len(bad):
-            hit = np.unique(np.searchsorted(starts, bad, side="right") - 1)
-            hit = hit[hit >= 0]
-            keep = np.setdiff1d(np.arange(len(starts)), hit)
-            self.skipped += len(hit)
-            starts, ends = starts[keep], ends[keep]
-        return starts, ends
+        hit = np.unique(np.searchsorted(starts, bad, side="right") - 1)
+        hit = hit[hit >= 0]
+        keep = np.setdiff1d(np.arange(len(starts)), hit)
+        self.skipped += len(hit)
+        return starts[keep], ends[keep]
 
     @staticmethod
     def _save(path, **arrays):
@@ -188,7 +189,9 @@ class FileDocuments:
         """Document i's texts: one for text (its non-blank lines joined by a space), text (and text_b) for jsonl."""
         f = int(np.searchsorted(self._first, i, side="right") - 1)
         j = i - int(self._first[f])
-        start, end = int(self._starts[f][j]), int(self._ends[f][j])
+        starts, ends = self._starts[f], self._ends[f]
+        start = int(starts[j])
+        end = int(ends[j]) if not isinstance(ends, int) else int(starts[j + 1]) if j + 1 < len(starts) else ends
         path = self.files[f]
         try:
             with open(path, "rb") as fh:
@@ -271,7 +274,7 @@ class _Lane:
         self.lane, self.n, self.batch = lane, n, batch
         self.epoch, self.pos, self.skip = (int(v) for v in state)  # the next document to fetch; its used tokens
         self.items = collections.deque()  # [epoch, pos, tokens, offset]
-        self.have = 0
+        self.have = self.empty = 0  # tokens held; documents in a row that held none
 
     def next_doc(self):
         e, p = self.epoch, self.pos
@@ -283,6 +286,10 @@ class _Lane:
     def add(self, e, p, tokens):
         off = min(self.skip, len(tokens))
         self.skip = 0
+        self.empty = 0 if len(tokens) else self.empty + 1
+        if self.empty > self.n // self.batch + 1:  # a whole epoch of this lane's documents without a token
+            raise DataError(f"the training documents of lane {self.lane} hold no tokens (an epoch of them is empty "
+                            f"text); check the corpus.")
         self.items.append([e, p, tokens, off])
         self.have += len(tokens) - off
 
