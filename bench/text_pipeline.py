@@ -4,7 +4,7 @@ A seeded generator writes corpora of 50 MB and 500 MB (--sizes) of words drawn Z
 fixed vocabulary of 20,000 made-up words, ~12 words a line, ~200 words a document, a blank line between documents,
 into a temporary folder (deleted at the end). A WordPiece vocabulary is trained once on 20,000 documents of the
 first corpus (timed, reported). Each (size, workers) cell then runs in its own subprocess, so that its peak RSS
-(getrusage RUSAGE_SELF ru_maxrss; also VmRSS once the tokenizer is loaded and at the end) is its own: index the
+(VmHWM; also VmRSS once the tokenizer is loaded and at the end) is its own: index the
 corpus (no cache), split it, build the lanes (batch 256 x 128, BERT-base's), time the first batch, then the next
 --steps batches (steady tokens/s = steps x 256 x 128 / time). "1 worker": one lane thread and
 RAYON_NUM_THREADS=1 (the tokenizer's own pool), i.e. one core; "N workers": N lane threads and the tokenizer's
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,10 +49,12 @@ def make_corpus(path: str, mb: float, seed: int = 0, words: int = 20_000) -> int
     return written
 
 
-def rss_now_mb() -> float:
-    """This process's resident set now (VmRSS), MB."""
+def rss_now_mb(field: str = "VmRSS") -> float:
+    """This process's resident set now (VmRSS) or its peak (VmHWM), MB. (getrusage's ru_maxrss would do for the
+    peak but for fork + exec: Linux keeps the parent's high-water mark in the child's, here the ~135 MB of the
+    process that generated the corpora.)"""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
 def measure(folder: str, vocab: str, workers: int, steps: int) -> dict:
@@ -80,7 +81,7 @@ def measure(folder: str, vocab: str, workers: int, steps: int) -> dict:
     it.close()
     return dict(documents=len(docs), index_s=t_index, first_batch_s=t_first,
                 tokens_per_s=steps * BATCH * MAX_LEN / steady, steady_s=steady,
-                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_start_mb=rss0,
+                rss_mb=rss_now_mb("VmHWM"), rss_start_mb=rss0,
                 rss_end_mb=rss_now_mb())
 
 

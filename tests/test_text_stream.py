@@ -229,3 +229,20 @@ def test_stopped_stream_resumes_bit_identical_to_the_in_memory_run(tmp_path, mon
     assert out["loss"] == ref["loss"]
     for x, y in zip(jax.tree.leaves(params_of(tmp_path / "ref")), jax.tree.leaves(params_of(tmp_path / "run"))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_jsonl_masked_lm_reads_text_and_text_b_without_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    with open(tmp_path / "a.jsonl", "w") as f:
+        for i in range(30):
+            row = {"text": " ".join(f"tok{j}" for j in rng.integers(0, 50, 8))}
+            if i % 3 == 0:
+                row["text_b"] = f"second part {i}"
+            f.write(json.dumps(row) + "\n")
+    ds = load_masked_lm(mlm_config(f"jsonl:{tmp_path / 'a.jsonl'}", **{"data.stream": False}).data, log=quiet)
+    assert len(ds.train) == 27 and ds.name == "a" and not ds.train.streamed
+    first = next(iter(ds.train.lanes(4, 0, MLMMasking(ds.tokenizer, L, 0)).batches(0, 1, slice(None))))
+    assert first["input_ids"].shape == (4, L) and (first["input_ids"][:, 0] == ds.tokenizer.cls_id).all()
+    pair = stream.doc_tokens(ds.tokenizer, [("a b", "c"), ("", "d")])
+    sep = ds.tokenizer.sep_id
+    assert [list(p).count(sep) for p in pair] == [2, 1]  # each non-empty segment ends with [SEP], as pack() does
