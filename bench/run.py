@@ -89,8 +89,8 @@ WORKLOADS += [
 WORKLOADS += [
     # The masked-LM text stream alone (no model): generated 50 and 500 MB corpora, batch 256 x 128
     # (bench/text_pipeline.py).
-    dict(name="text_pipeline", kind="text_pipeline", peer=None, batch=256, seq=128, sizes_mb=(50, 500), steps=40,
-         quick=dict(sizes_mb=(5, 20), steps=10)),
+    dict(name="text_pipeline", kind="text_pipeline", peer=None, batch=256, seq=128, sizes_mb=(50, 500), steps=80,
+         quick=dict(sizes_mb=(5, 20), steps=20)),
 ]
 FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None, test_size=None)
 QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=5, train_size=12_000, test_size=2_000)
