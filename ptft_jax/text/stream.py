@@ -156,7 +156,7 @@ class FileDocuments:
             except (OSError, ValueError, KeyError, TypeError):
                 starts, end, bad = scan(path, self.jsonl, skip_bad, log)
                 if cached:
-                    self._save(cached, starts=starts, end=np.uint64(end), bad=bad)
+                    self._save(cached, log, starts=starts, end=np.uint64(end), bad=bad)
         except OSError as e:
             if not skip_bad:
                 raise DataError(f"{path}: cannot be read at byte offset 0 ({e.strerror or e}); fix or remove the "
@@ -173,14 +173,14 @@ class FileDocuments:
         return starts[keep], ends[keep]
 
     @staticmethod
-    def _save(path, **arrays):
+    def _save(path, log, **arrays):
         from ptft_jax.files import atomic
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic(path, "wb") as f:
                 np.savez(f, **arrays)
         except OSError as e:  # the index only saves time
-            print(f"warning: could not cache the document index in {path} ({e.strerror or e})")
+            log(f"warning: could not cache the document index in {path} ({e.strerror or e})")
 
     def __len__(self):
         return int(self._first[-1])
