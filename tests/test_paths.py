@@ -80,8 +80,8 @@ def test_glob_free_links_are_shared_by_concurrent_callers_and_plain_paths_need_n
 def test_done_is_printed_only_after_the_final_checkpoint_committed(tmp_path, monkeypatch, log):
     real_save = checkpoint.Checkpoints.save
 
-    def save(self, step, state, force=False):  # the final save is lost (as the glob bug lost it)
-        return False if step == 2 else real_save(self, step, state, force=force)
+    def save(self, step, state, force=False, **kw):  # the final save is lost (as the glob bug lost it)
+        return False if step == 2 else real_save(self, step, state, force=force, **kw)
 
     monkeypatch.setattr(checkpoint.Checkpoints, "save", save)
     workdir = tmp_path / "run"
