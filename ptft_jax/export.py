@@ -5,7 +5,8 @@
                `BertForMaskedLM` and `AutoTokenizer.from_pretrained(DIR)`
   torch:FILE   a ResNet run (ImageNet stem) as a state_dict that `torchvision.models.resnetN(num_classes=K)
                .load_state_dict` accepts
-The latest checkpoint is exported (`--step` for another). The inverse is `python -m ptft_jax.convert`.
+The latest checkpoint is exported (`--step` for another; a LoRA run's factors folded into its kernels). The inverse
+is `python -m ptft_jax.convert`.
 
     python -m ptft_jax.export WORKDIR --merge OUT
 
@@ -54,7 +55,10 @@ def export(workdir: str, dest: str, step: int | None = None, log=print) -> str:
         raw = ck.restore_raw(step)
     finally:
         ck.close()
-    variables = {"params": raw["params"], **(raw.get("model_state") or {})}
+    params = raw["params"]
+    if (config.get("finetune") or {}).get("strategy") == "lora":  # the factors folded into the kernels first
+        params = jax.device_get(jax.jit(lora.merge)(params, lora.read_base(workdir, config, config["finetune"])))
+    variables = {"params": params, **(raw.get("model_state") or {})}
     model_cfg = dict(config["model"])
     name = model_cfg.get("name")
     path = os.path.abspath(os.path.expanduser(path))

@@ -83,9 +83,9 @@ def _shorten(paths, most: int = 12) -> str:
 
 
 def split(params: dict, loaded: set, finetune, model_name: str, seed: int):
-    """(trainable, frozen) from a grafted model's full params (on the host) and the paths graft loaded: see the
-    module docstring. The factors are drawn from `seed` and each kernel's path. A ConfigError when lora_targets
-    matches no frozen kernel (naming the kernels there are)."""
+    """(trainable, frozen) from a grafted model's full params and the paths graft loaded: see the module
+    docstring (traceable: jax.eval_shape gives the shapes). The factors are drawn from `seed` and each kernel's
+    path. A ConfigError when lora_targets matches no frozen kernel (naming the kernels there are)."""
     pattern = re.compile(targets_pattern(finetune, model_name))
     leaves = flat(params)
     base = {p: x for p, x in leaves.items() if p in loaded and not (p == "head" or p.startswith("head/"))}
@@ -98,14 +98,14 @@ def split(params: dict, loaded: set, finetune, model_name: str, seed: int):
     r = int(finetune.lora_rank)
     root = jax.random.fold_in(jax.random.key(seed), 2)
     for p in chosen:
-        shape = np.shape(base[p])
+        shape = base[p].shape
         k = fan_in_axes(p, len(shape))
         fan_in, fan_out = int(np.prod(shape[:k])), int(np.prod(shape[k:]))
         key = jax.random.fold_in(root, zlib.crc32(p.encode()))
         bound = 1.0 / np.sqrt(fan_in)
-        trainable[f"{p}/lora_a"] = np.asarray(jax.random.uniform(key, (fan_in, r), jnp.float32, -bound, bound))
-        trainable[f"{p}/lora_b"] = np.zeros((r, fan_out), np.float32)
-    frozen = {"scale": np.asarray(float(finetune.lora_alpha) / r, np.float32), "base": unflat(base)}
+        trainable[f"{p}/lora_a"] = jax.random.uniform(key, (fan_in, r), jnp.float32, -bound, bound)
+        trainable[f"{p}/lora_b"] = jnp.zeros((r, fan_out), jnp.float32)
+    frozen = {"scale": jnp.asarray(float(finetune.lora_alpha) / r, jnp.float32), "base": unflat(base)}
     return unflat(trainable), frozen
 
 

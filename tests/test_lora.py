@@ -196,3 +196,35 @@ def test_merge_of_a_run_that_is_not_lora_is_one_sentence(digits_pretrained, tmp_
     assert err.startswith(f"error: {digits_pretrained.workdir} is a finetune.strategy=full run, and --merge folds "
                           f"LoRA factors") and "\n" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_lora_on_a_published_hf_bert_exports_its_merged_kernels_to_hf(tmp_path):
+    """The main use: LoRA on an imported `hf:` BERT classifier (tests/fixtures). Query and value are DenseGeneral
+    kernels [in, heads, head_dim], factored as [in, r] @ [r, heads * head_dim]; the `hf:` export holds
+    W + (alpha / r) a @ b, computed here in NumPy from the checkpoint and the published weights."""
+    from test_published import HF_CLASSIFIER, _words
+
+    from ptft_jax.interop import hf_bert
+    rows = tmp_path / "rows.csv"
+    names = ("negative", "neutral", "positive")
+    rows.write_text("text,label\n" + "".join(f"{t},{names[i % 3]}\n" for i, t in enumerate(_words(48, seed=1))))
+    config = ptft_jax.load_config(os.path.join(os.path.dirname(FINETUNE), "hf_bert_finetune.py"), {
+        "init_from": f"hf:{HF_CLASSIFIER}", "data.source": f"csv:{rows}", "model.dtype": "float32",
+        "data.max_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8, "train.steps": 4, "train.log_every": 4,
+        "optim.warmup_epochs": None, "optim.lr": 0.05, "finetune.strategy": "lora", "finetune.lora_rank": 2})
+    workdir = str(tmp_path / "ft")
+    result = ptft_jax.train(config, workdir, log=quiet)
+    saved = lora.flat(checkpoint_of(workdir)[2]["params"])
+    published = hf_bert.read(HF_CLASSIFIER).variables["params"]
+    query = published["layer_0"]["query"]["kernel"]
+    a, b = saved["layer_0/query/kernel/lora_a"], saved["layer_0/query/kernel/lora_b"]
+    assert a.shape == (query.shape[0], 2) and b.shape == (2, query.shape[1] * query.shape[2])
+    assert {p.rsplit("/", 3)[-3] for p in saved if "lora" in p} == {"query", "value", "intermediate", "output"}
+    assert result["trainable_params"] == sum(np.size(x) for x in saved.values()) < result["params"] // 4
+    export.export(workdir, f"hf:{tmp_path / 'hf'}", log=quiet)
+    exported = hf_bert.read(str(tmp_path / "hf")).variables["params"]
+    want = query + (16 / 2) * (a.astype(np.float64) @ b).reshape(query.shape)
+    np.testing.assert_allclose(exported["layer_0"]["query"]["kernel"], want, atol=1e-6)
+    assert not np.allclose(want, query, atol=1e-4)
+    np.testing.assert_array_equal(exported["layer_0"]["key"]["kernel"], published["layer_0"]["key"]["kernel"])
