@@ -26,7 +26,7 @@ from ptft_jax.step import TrainState, make_train_step, memory_bytes
 
 ROWS = [("full", {}), ("full + remat", {"remat": True}), ("full + grad_accum 4", {"grad_accum": 4}),
         ("linear_probe", {"strategy": "linear_probe"}), ("bitfit", {"strategy": "bitfit"}),
-        ("lora r=8", {"strategy": "lora"})]
+        ("lora r=8", {"strategy": "lora"}), ("lora r=8 + remat", {"strategy": "lora", "remat": True})]
 
 
 def _bert():
@@ -95,8 +95,9 @@ def main(argv=None):
                   f"{_mb(r['outputs'])} | {_mb(r['temporaries'])} | {_mb(r['checkpoint'])} | {r['compile_s']:.0f} |",
                   flush=True)
         print()
-        print(lora_targets(results))
-        print()
+        if which == "bert":  # the targets are BERT-base's
+            print(lora_targets(results))
+            print()
 
 
 def lora_targets(results) -> str:
@@ -108,7 +109,7 @@ def lora_targets(results) -> str:
              ("optimiser state", lo["opt_state"] / full["opt_state"], 0.03),
              ("checkpoint", lo["checkpoint"] / full["checkpoint"], 0.05),
              ("step memory", step(lo) / step(full), 0.60)]
-    return "lora r=8 / full: " + ", ".join(f"{what} {x:.2%} ({'meets' if x <= t else 'misses'} <= {t:.0%})"
+    return "lora r=8 / full: " + ", ".join(f"{what} {x:.2%} ({'meets' if x <= t else 'misses'} <= {t:.1%})"
                                              for what, x, t in parts)
 
 

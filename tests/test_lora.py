@@ -212,7 +212,8 @@ def test_lora_on_a_published_hf_bert_exports_its_merged_kernels_to_hf(tmp_path):
     config = ptft_jax.load_config(os.path.join(os.path.dirname(FINETUNE), "hf_bert_finetune.py"), {
         "init_from": f"hf:{HF_CLASSIFIER}", "data.source": f"csv:{rows}", "model.dtype": "float32",
         "data.max_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8, "train.steps": 4, "train.log_every": 4,
-        "optim.warmup_epochs": None, "optim.lr": 0.05, "finetune.strategy": "lora", "finetune.lora_rank": 2})
+        "optim.warmup_epochs": None, "optim.lr": 0.05, "finetune.strategy": "lora", "finetune.lora_rank": 2,
+        "data.val_fraction": None, "train.keep_best": None})
     workdir = str(tmp_path / "ft")
     result = ptft_jax.train(config, workdir, log=quiet)
     saved = lora.flat(checkpoint_of(workdir)[2]["params"])
@@ -228,3 +229,4 @@ def test_lora_on_a_published_hf_bert_exports_its_merged_kernels_to_hf(tmp_path):
     np.testing.assert_allclose(exported["layer_0"]["query"]["kernel"], want, atol=1e-6)
     assert not np.allclose(want, query, atol=1e-4)
     np.testing.assert_array_equal(exported["layer_0"]["key"]["kernel"], published["layer_0"]["key"]["kernel"])
+
