@@ -24,7 +24,8 @@ ROWS = [("full, lr 1e-3 (the recipe)", {}),
         ("bitfit, lr 1e-3", {"finetune.strategy": "bitfit"}),
         ("bitfit, lr 1e-2", {"finetune.strategy": "bitfit", "optim.lr": 1e-2}),
         ("lora r=8, lr 1e-3", {"finetune.strategy": "lora"}),
-        ("lora r=8, lr 5e-3", {"finetune.strategy": "lora", "optim.lr": 5e-3})]
+        ("lora r=8, lr 5e-3", {"finetune.strategy": "lora", "optim.lr": 5e-3}),
+        ("lora r=8, lr 1e-2", {"finetune.strategy": "lora", "optim.lr": 1e-2})]
 
 
 def quiet(*_):

@@ -17,7 +17,7 @@ import ptft_jax
 from ptft_jax import lora, optim
 from ptft_jax.step import forward, make_train_step
 
-from conftest import FINETUNE, checkpoint_of, copy_run, digits_images, metrics_rows, quiet
+from conftest import FINETUNE, checkpoint_of, copy_run, digits_images, launch, metrics_rows, quiet
 
 loop = importlib.import_module("ptft_jax.train")  # the module (ptft_jax.train is the function)
 export = importlib.import_module("ptft_jax.export")
@@ -230,3 +230,16 @@ def test_lora_on_a_published_hf_bert_exports_its_merged_kernels_to_hf(tmp_path):
     assert not np.allclose(want, query, atol=1e-4)
     np.testing.assert_array_equal(exported["layer_0"]["key"]["kernel"], published["layer_0"]["key"]["kernel"])
 
+
+
+@pytest.mark.slow
+def test_a_lora_run_on_2_devices_equals_the_1_device_run(lora_run, digits_pretrained, tmp_path):
+    """lora_run's config on 2 (fake CPU) devices through launch.py: the frozen base replicated like the params,
+    the batch split; the same factors and head within float tolerance (the cross-device sums differ)."""
+    workdir, _ = lora_run
+    over = [f"--config.{k}={v}" for k, v in {**LORA, "init_from": digits_pretrained.workdir}.items()]
+    out = launch(f"--config={FINETUNE}", f"--workdir={tmp_path / 'two'}", *over, devices=2)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 cpu device(s)" in out.stdout + out.stderr
+    two, one = checkpoint_of(tmp_path / "two")[2]["params"], checkpoint_of(workdir)[2]["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), two, one)
