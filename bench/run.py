@@ -4,8 +4,9 @@ Each workload is a row of WORKLOADS; its `kind` picks the runner ("step": the ji
 call and a lax.scan of K steps per call; "loop": ptft_jax.train() itself, device-resident and grain pipelines;
 "model_step": one jitted train step of a recipe's model and optimiser (ResNet-18 CIFAR, ResNet-50, BERT-base MLM)
 on a synthetic batch already on the device; "pipeline": ptft_jax.train() through the grain host pipeline with the
-recipe's augmentation on generated npz data, next to its synthetic step row) and `peer` names the PyTorch function
-it is compared with. Rates are medians over repeats after a warm-up.
+recipe's augmentation on generated npz data, next to its synthetic step row; "text_pipeline": the masked-LM text
+stream alone on generated corpora, bench/text_pipeline.py) and `peer` names the PyTorch function it is compared
+with. Rates are medians over repeats after a warm-up.
 
 Sizes: a workload's own keys are its full size (what a GPU runs); its `cpu` dict shrinks it on the CPU backend
 (unless --full_size) and its `quick` dict under --quick on any backend. Compute dtype: bfloat16 on accelerators,
@@ -84,6 +85,12 @@ WORKLOADS += [
          cpu=dict(batch=8, repeats=2, calls=1, warmup=0),
          quick=dict(model=dict(size="tiny", num_layers=1, vocab_size=1000), seq=32, predictions=5, batch=8, repeats=3,
                     calls=3, warmup=2)),
+]
+WORKLOADS += [
+    # The masked-LM text stream alone (no model): generated 50 and 500 MB corpora, batch 256 x 128
+    # (bench/text_pipeline.py).
+    dict(name="text_pipeline", kind="text_pipeline", peer=None, batch=256, seq=128, sizes_mb=(50, 500), steps=80,
+         quick=dict(sizes_mb=(5, 20), steps=20)),
 ]
 FULL = dict(repeats=7, calls=50, scan_steps=100, epochs=None, train_size=None, test_size=None)
 QUICK = dict(repeats=3, calls=20, scan_steps=20, epochs=5, train_size=12_000, test_size=2_000)
@@ -454,7 +461,8 @@ def run_peer(w, inputs):
     return dict(compile_s=None, **out)
 
 
-RUNNERS = {"step": run_step, "loop": run_loop, "model_step": run_model_step, "pipeline": run_pipeline}
+RUNNERS = {"step": run_step, "loop": run_loop, "model_step": run_model_step, "pipeline": run_pipeline,
+           "text_pipeline": lambda w, a: importlib.import_module("bench.text_pipeline").run_rows(w, a)}
 
 
 def git_rev():
@@ -566,6 +574,8 @@ def main(argv=None):
                          f"{fmt(m['exe_bytes'] and m['exe_bytes'] / 2**20, ',.0f')} MiB; last loss "
                          f"{m['last_loss']:.3f}" + (f"; peer: {peer['impl']}, {peer['params']:,} params"
                                                     if peer and peer.get("params") else ""))
+        elif w["kind"] == "text_pipeline":
+            notes.append(inputs["note"])
         elif w["kind"] == "step":
             notes.append(f"{w['name']}: FLOPs/step {m['flops_per_step'] / 1e6:.1f} M from XLA's cost analysis, "
                          f"analytic 2*3*{m['params']:,}*{w['batch']} = {m['analytic_flops_per_step'] / 1e6:.1f} M "

@@ -14,9 +14,12 @@ vocabulary of 30,522 tokens is trained on the training texts and saved in WORKDI
 `--config.data.vocab=PATH/vocab.txt` to use a published one (e.g. bert-base-uncased's). `data.whole_word=true`
 selects whole words. The last 1% of Wikipedia's only split is held out for the masked-LM test metrics.
 
-The texts are read, tokenised and packed into host memory (ids as uint16) and cached in WORKDIR/tokenized/;
-`data.max_documents` (here 1,000,000 articles, about 600 M tokens, ~1.2 GB of ids) bounds that: raise it as
-the host's memory allows. BERT used a linear decay; this recipe uses cosine (optim.schedule).
+The articles are streamed (ptft_jax/text/stream.py): read through `tfds.data_source`, tokenised, packed and
+masked per step on `data.num_workers` host threads, so host memory stays flat whatever the corpus size and the
+first step starts without a pass over the corpus; a resumed run continues where each row's lane stood. The
+tokenizer is trained on `data.tokenizer_sample` (100,000) articles; the test metrics use at most
+`data.max_test_documents` (10,000) of the held-out 1%. `data.max_documents` (None: every article) caps the
+training articles. BERT used a linear decay; this recipe uses cosine (optim.schedule).
 """
 from ptft_jax.config import defaults
 
@@ -28,7 +31,6 @@ def get_config(preset="base"):
     c.data.train_split = "train[:99%]"
     c.data.test_split = "train[99%:]"
     c.data.text_fields = "text"
-    c.data.max_documents = 1_000_000
     c.data.vocab_size = 30522
     c.data.max_len = 128
     c.data.batch_size = 256

@@ -233,12 +233,15 @@ class Checkpoints:
     def all_steps(self):
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, force: bool = False) -> bool:
+    def save(self, step: int, state, force: bool = False, extra: dict | None = None) -> bool:
+        """Saves `state` as `step`; `extra` (JSON-able, e.g. the text stream's position) is stored beside the config
+        in the step's metadata (`stored` reads it back)."""
         self.last_step = int(step)
         state = _saved(state)
+        custom = {**({"config": self.config} if self.config else {}), **(extra or {})}
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                                     force=force, custom_metadata={"config": self.config} if self.config else None)
+                                     force=force, custom_metadata=custom or None)
         except Exception as e:  # noqa: BLE001 - filtered by _io_failure, the rest re-raised
             if not _io_failure(e):
                 raise
@@ -256,6 +259,13 @@ class Checkpoints:
         except Exception:  # noqa: BLE001 - a damaged step's metadata: no copy to offer
             return None
         return custom.get("config")
+
+    def stored(self, step: int, key: str):
+        """What `save(..., extra={key: ...})` stored with a step, or None."""
+        try:
+            return (self.manager.metadata(step).custom_metadata or {}).get(key)
+        except Exception:  # noqa: BLE001 - a damaged step's metadata holds nothing to offer
+            return None
 
     def restore(self, step: int, target):
         """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin); a

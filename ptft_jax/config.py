@@ -79,6 +79,15 @@ def defaults() -> ml_collections.ConfigDict:
         max_documents=None,      # text: read at most this many examples (documents) of each split
         mask_prob=0.15,          # masked-LM: fraction of the tokens selected (80% [MASK], 10% random, 10% kept)
         whole_word=False,        # masked-LM: select whole words (a word and its ## pieces) rather than tokens
+        stream="auto",           # masked-LM text:, jsonl:, tfds: sources: auto | true stream the training documents
+                                 # from disk (read, tokenised, packed and masked per step: text/stream.py);
+                                 # false tokenises them into memory first (the same batches); others never stream
+        tokenizer_sample=100_000,  # text: a trained tokenizer sees at most this many training documents (seeded)
+        max_test_documents=10_000,  # masked-LM text:, jsonl:, tfds: at most this many held-out documents are
+                                 # packed (in memory) for the test split
+        skip_bad_documents=False,  # text:, jsonl:: skip (and count, skipped_documents in metrics.jsonl) documents
+                                 # that are not UTF-8 / not JSON, empty and unreadable files, instead of stopping
+        num_workers=1,           # masked-LM streams: threads that read, tokenise, pack and mask the lanes
         num_threads=4,           # grain threads reading and batching on the host
         prefetch=8,              # batches read ahead of the step
         device_prefetch=1,       # chunks of batches (one jitted call's) waiting on the devices ahead of the step
@@ -153,6 +162,7 @@ CHOICES: dict[str, tuple] = {
                     "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims"),
     "train.on_nonfinite": ("stop", "skip"),
     "data.in_memory": TRI_STATE,
+    "data.stream": TRI_STATE,
     "data.device_resident": TRI_STATE,
     "data.augment": (None, "crop_flip", "inception_crop"),
 }
@@ -267,6 +277,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                             "lora_alpha / lora_rank)."),
     "finetune.lora_dropout": (lambda v: _real(v) and 0 <= v < 1,
                               "finetune.lora_dropout must be in [0, 1), not {value}."),
+    "data.tokenizer_sample": (lambda v: _whole(v) and v >= 1,
+                              "data.tokenizer_sample {value} must be a whole number of documents, at least 1."),
+    "data.max_test_documents": (lambda v: v is None or (_whole(v) and v >= 1),
+                                "data.max_test_documents {value} must be at least 1 (or None for every held-out "
+                                "document)."),
+    "data.num_workers": (lambda v: _whole(v) and 1 <= v <= 256,
+                         "data.num_workers {value} must be a whole number from 1 to 256."),
     "data.val_fraction": (lambda v: v is None or (_real(v) and 0 < v < 1),
                           "data.val_fraction {value} must be between 0 and 1 (e.g. 0.1), or None for no validation "
                           "split."),

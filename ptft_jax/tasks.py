@@ -77,6 +77,9 @@ class Task:
 
     def _check_source(self, data_cfg):
         source = str(data_cfg.source)
+        if data_cfg.get("stream") == "true" and self.name != "mlm":
+            raise ConfigError(f"data.stream=true streams masked-LM pretraining text (model.name=bert_mlm), not the "
+                              f"data of the {self.name} task; leave data.stream=auto.")
         if not source.startswith("tfds:") and is_text_source(source) != self.text:
             raise ConfigError(f"data.source {source} is {'text' if is_text_source(source) else 'images'} but the "
                               f"model's task is {self.name}: pair text sources (pydocs, pydocs_mlm, csv:, jsonl:, "
@@ -229,6 +232,10 @@ class MaskedLM(Task):
     def with_val(self, ds, data_cfg, log=None):
         """Validation sequences carved out of the packed training sequences, masked once with a fixed seed (as the
         test split is)."""
+        if data_cfg.val_fraction and not ds.train.arrays:
+            raise ConfigError(f"data.val_fraction carves validation sequences out of packed in-memory text, and "
+                              f"{data_cfg.source} is packed by lanes (data.stream); leave data.val_fraction unset "
+                              f"(the test split, data.max_test_documents held-out documents, is evaluated).")
         ds = super().with_val(ds, data_cfg, log)
         if ds.val is not None:
             rng = np.random.default_rng(text_dataset.EVAL_MASK_SEED + 1)

@@ -21,7 +21,7 @@ from absl import logging
 from ptft_jax import compile_cache, lora, models, optim, tasks
 from ptft_jax.checkpoint import Checkpoints, InitFrom
 from ptft_jax.config import Durations, defaults, durations, flatten, to_json, validate
-from ptft_jax.data.feed import Evaluator, Feed, test_resident, train_resident
+from ptft_jax.data.feed import Evaluator, Feed, stream_state, test_resident, train_resident
 from ptft_jax.data.pipeline import EpochOrder
 from ptft_jax.errors import CheckpointError, ConfigError, Diverged, Interrupted
 from ptft_jax.files import WorkdirLock, write_json, write_text
@@ -30,12 +30,14 @@ from ptft_jax.metrics import Console, MetricsFile, SteadyRate, is_main, params_b
 from ptft_jax.parallel import Parallel, StopRequest
 from ptft_jax.selection import Selection
 from ptft_jax.step import TrainState, make_chunk_fn, make_eval_fn, make_train_step, step_memory
+from ptft_jax.text.stream import StreamSplit
 
 # Config keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_CHANGES = ("train.epochs", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep", "train.steps_per_call", "train.compile_cache", "train.checkpoint_min_secs",
                      "data.data_dir", "data.in_memory", "data.device_resident", "data.device_budget_mb",
-                     "data.num_threads", "data.prefetch", "data.device_prefetch", "data.eval_batch_size")
+                     "data.num_threads", "data.num_workers", "data.prefetch", "data.device_prefetch",
+                     "data.eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -78,7 +80,8 @@ def build_run(config, workdir: str, log=print) -> Run:
     task = task.bind(ds)
     vocab_size = ds.tokenizer_info["vocab_size"] if ds.tokenizer_info else None
     model = models.build(config.model, ds.num_classes, vocab_size=vocab_size, remat=t.remat)
-    order = EpochOrder(len(ds.train), d.batch_size, t.seed)
+    order = ds.train.order(d.batch_size) if isinstance(ds.train, StreamSplit) else \
+        EpochOrder(len(ds.train), d.batch_size, t.seed)  # (a text stream's steps per epoch are an estimate)
     steps = durations(config, order.steps_per_epoch)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), task.init_inputs(ds)))["params"]
     tx = optim.build(config.optim, finetune=config.finetune, params=params_shape, durations=steps)
@@ -339,8 +342,8 @@ def _should_save(run: Run, step: int, last_save: float) -> bool:
     return bool(t.checkpoint_every) or run.par.agree(time.perf_counter() - last_save >= t.checkpoint_min_secs)
 
 
-def _save_and_stop(run: Run, step: int, state, stopper, console):
-    run.ckpt.save(step, state, force=True)
+def _save_and_stop(run: Run, step: int, state, stopper, console, extra=None):
+    run.ckpt.save(step, state, force=True, extra=extra)
     run.ckpt.wait()
     console.close()
     raise Interrupted(f"Stopped by {stopper.signal_name} at step {step}; a checkpoint was saved in "
@@ -431,7 +434,8 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed, cfg.train.grad_accum,
                                           run.par, optim.trainable(state.params, cfg.finetune.strategy)), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
-    feed = Feed(run.ds, run.task, run.order, run.par, cfg, _model_params(state), start, s.total_steps, every)
+    feed = Feed(run.ds, run.task, run.order, run.par, cfg, _model_params(state), start, s.total_steps, every,
+                stream_state(run.ds, run.ckpt, start, cfg.data.batch_size))
     console = Console(s.total_steps, start)
     evaluate_now = console.before_first_call(_evaluator(run, feed.resident, run.ds.val),  # validation, else test
                                              "compiling the evaluation...")
@@ -464,7 +468,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             unchecked = None
             # Log.
             if step % s.log_every == 0 or step == s.total_steps:
-                train_log.write(step, **first_line)
+                train_log.write(step, **first_line, **feed.logged())
                 first_line = {}
             train_log.pause()  # evaluating and saving are not training time (resumed below)
             # Evaluate (and select: the best checkpoint, early stopping).
@@ -478,15 +482,15 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
             # Stop: SIGTERM / SIGINT (on any process) or a cluster preemption notice saves and exits; after the log
             # and the evaluation of this step, so that the resumed run's metrics.jsonl is the uninterrupted one's.
             if stopper.requested() or run.ckpt.preempted(step):
-                _save_and_stop(run, step, state, stopper, console)
+                _save_and_stop(run, step, state, stopper, console, feed.saved_with(step))
             # Save.
             if select and select.stop:
                 console.line(f"early stop at step {step}: {select.early_stop} evaluation(s) without a better "
                              f"{select.spec} ({select.describe()})")
-                run.ckpt.save(step, state, force=True)
+                run.ckpt.save(step, state, force=True, extra=feed.saved_with(step))
                 break
             if _should_save(run, step, last_save):
-                run.ckpt.save(step, state, force=step == s.total_steps)
+                run.ckpt.save(step, state, force=step == s.total_steps, extra=feed.saved_with(step))
                 last_save = time.perf_counter()
             train_log.resume()
 

@@ -55,14 +55,34 @@ def test_auto_is_on_for_accelerators_only(tmp_path, monkeypatch):
     assert compile_cache.folder("~/x", "cpu") == os.path.expanduser("~/x")
 
 
-@pytest.mark.slow
+# What train() runs first (train.build_run -> compile_cache.enable), in a fresh process: its jax settings are new.
+ENABLE = """
+import json, sys
+import jax
+from ptft_jax import compile_cache
+print(json.dumps({"returned": compile_cache.enable(sys.argv[1]), "dir": jax.config.jax_compilation_cache_dir}))
+"""
+
+
+def enable_in_a_fresh_process(setting, env):
+    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    p = subprocess.run([sys.executable, "-c", ENABLE, setting], capture_output=True, text=True, timeout=120,
+                       env={**e, **env}, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def test_auto_is_off_on_this_cpu_and_jax_setting_wins(tmp_path):
+    """(That train() calls enable() with train.compile_cache is shown by the first test, which trains.)"""
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert run(tmp_path / "a", env)["dir"] is None  # auto on this CPU
+    assert enable_in_a_fresh_process("auto", env) == {"returned": None, "dir": None}  # auto on this CPU
     assert not (tmp_path / "xdg" / "ptft_jax").exists()
-    theirs = run(tmp_path / "b", {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")},
-                 f"train.compile_cache={tmp_path / 'mine'}")
-    assert theirs["dir"] == str(tmp_path / "theirs") and not (tmp_path / "mine").exists()
+    theirs = enable_in_a_fresh_process(str(tmp_path / "mine"),
+                                       {**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")})
+    assert theirs == {"returned": str(tmp_path / "theirs"), "dir": str(tmp_path / "theirs")}
+    assert not (tmp_path / "mine").exists()
+    mine = enable_in_a_fresh_process(str(tmp_path / "mine"), env)
+    assert mine == {"returned": str(tmp_path / "mine"), "dir": str(tmp_path / "mine")} and (tmp_path / "mine").is_dir()
 
 
 def test_an_unusable_cache_folder_is_one_clear_error(tmp_path):

@@ -248,8 +248,8 @@ def _free_port():
 # MLP: 89 steps an epoch, so the epoch-end checkpoint (its time limit agreed by process 0) falls inside the run.
 MLP_ARGS = [f"--config={DIGITS}", "--config.train.steps=100", "--config.train.log_every=10",
             "--config.data.batch_size=16", "--config.data.eval_batch_size=40", "--config.train.checkpoint_min_secs=0"]
-# Text: every process reads the docstrings, trains the same WordPiece vocabulary (checked across processes) and
-# masks its rows of each global batch from the same (seed, step) draw.
+# Text, streamed (text/stream.py): every process indexes the same text: corpus, trains the same WordPiece vocabulary
+# (checked across processes), reads and masks only its rows' lanes, and gathers all lanes' states at the checkpoint.
 MLM_ARGS = [f"--config={os.path.join(ROOT, 'configs', 'pydocs_bert_pretrain.py')}:tiny", "--config.train.steps=6",
             "--config.train.log_every=2", "--config.train.eval_every=6", "--config.train.checkpoint_every=6",
             "--config.data.batch_size=16", "--config.data.eval_batch_size=64", "--config.data.max_len=32",
@@ -262,6 +262,11 @@ MULTI = "multi[p]*?"
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [MLP_ARGS, MLM_ARGS], ids=["mlp", "bert_mlm"])
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, args):
+    if args is MLM_ARGS:
+        rng = np.random.default_rng(0)
+        docs = [" ".join(f"w{i}" for i in rng.integers(0, 300, rng.integers(5, 60))) for _ in range(80)]
+        (tmp_path / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+        args = [*args, f"--config.data.source=text:{tmp_path / 'corpus.txt'}"]
     single = launch(*args, f"--workdir={tmp_path / 'single'}", devices=4)
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()

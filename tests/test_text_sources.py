@@ -42,19 +42,19 @@ def lm1b_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_tfds_lm1b_pretraining_caches_its_tokenised_data(lm1b_run):
+def test_tfds_lm1b_pretraining_streams_and_resumes(lm1b_run):
+    """A masked-LM run over TFDS streams its training documents (text/stream.py): nothing is tokenised into
+    WORKDIR/tokenized/, and a resumed run reads the source again from the lanes' saved position."""
     tmp, over, result, logs = lm1b_run
     assert result["step"] == 3 and np.isfinite(result["loss"])
-    assert os.path.isfile(tmp / "pt" / "tokenized" / "meta.json")
-    assert not any("from the cache" in line for line in logs)
-    train = np.load(tmp / "pt" / "tokenized" / "train.npz")
-    assert set(train.files) == {"input_ids", "length"} and train["input_ids"].dtype == np.uint16  # compact form
-    # Resuming reads the cache, not TFDS (no mock_data here: TFDS would fail), and continues from step 3.
+    assert not os.path.exists(tmp / "pt" / "tokenized")
+    assert any("training documents streamed from tfds:lm1b" in line for line in logs)
     logs2 = []
-    again = ptft_jax.train(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",
-                                                {**over, "train.steps": 5}),
-                           str(tmp / "pt"), log=logs2.append, allow_config_change=True)
-    assert again["step"] == 5 and any("from the cache" in line for line in logs2)
+    with tfds.testing.mock_data(num_examples=60):
+        again = ptft_jax.train(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",
+                                                    {**over, "train.steps": 5}),
+                               str(tmp / "pt"), log=logs2.append, allow_config_change=True)
+    assert again["step"] == 5 and any("resuming from" in line for line in logs2)
 
 
 @pytest.mark.slow
@@ -130,9 +130,12 @@ def test_plain_text_files_pretrain_with_whole_words(tmp_path):
     assert ds.name == "corpus" and ds.test.arrays["masked_weights"].sum() > 0
     masking = masking_for(cfg.data, ds.tokenizer, 0)
     assert masking.whole_word and masking.mask_prob == 0.3
-    batch = masking(ds.train, np.arange(len(ds.train)), slice(None), 0)
-    selected = batch["masked_weights"].sum() / np.asarray(ds.train.arrays["length"] - 1).sum()
-    assert 0.2 < selected < 0.35, selected  # ~30% of the non-special tokens, less what [SEP]s take
+    assert len(ds.train) == 9  # documents, packed by lanes (text/stream.py)
+    batches = list(ds.train.lanes(8, 0, masking).batches(0, 4, slice(None)))
+    ids = np.concatenate([b["input_ids"] for b in batches])
+    weights = np.concatenate([b["masked_weights"] for b in batches])
+    selected = weights.sum() / (ids[:, 1:].size - (ids == ds.tokenizer.sep_id).sum())  # ([SEP] is never masked)
+    assert 0.2 < selected < 0.35, selected  # ~30% of the tokens other than [CLS] and [SEP]
     assert ptft_jax.train(cfg, str(tmp_path / "run"))["step"] == 2
     with pytest.raises(ptft_jax.DataError, match="does not exist"):
         tasks.MaskedLM().load(ptft_jax.load_config(os.path.join(CONFIGS, "bert_mlm_pretrain.py") + ":tiny",

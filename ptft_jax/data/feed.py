@@ -23,10 +23,12 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ptft_jax.data.pipeline import eval_batches, eval_indices, host_batches
-from ptft_jax.errors import ConfigError
+from ptft_jax.errors import CheckpointError, ConfigError
 from ptft_jax.metrics import f1_scores
+from ptft_jax.text.stream import StreamSplit
 
 HOST_CHUNK_BYTES = 256 << 20  # the most host batches one call takes (stacked on the host and put on the devices)
 
@@ -102,7 +104,7 @@ class Feed:
     """Every jitted call's training inputs from `start` to `total`, as `(first_step, k, at_boundary, inputs)`:
     `inputs` is {"data", "idx"} (resident) or {"batches"} (host), for `step.make_chunk_fn`'s function."""
 
-    def __init__(self, ds, task, order, par, config, params, start: int, total: int, every):
+    def __init__(self, ds, task, order, par, config, params, start: int, total: int, every, stream_state=None):
         d = config.data
         self.par, self.order = par, order
         self.share = par.process_slice(d.batch_size)
@@ -110,18 +112,27 @@ class Feed:
         self.per_call = config.train.steps_per_call or default_steps_per_call(ds, task, config, par, params,
                                                                               self.resident)
         self.plan = list(call_plan(start, total, self.per_call, every))
-        self._device_feed = None
+        self._device_feed = self.stream = self._batches = None
         if self.resident:
             self._data = {k: par.replicate(v) for k, v in ds.train.arrays.items()}
         else:
-            batches = host_batches(ds.train, order, start, total, self.share, d.num_threads, d.prefetch,
-                                   augment=task.host_transform(ds, d, config.train.seed))
+            transform = task.host_transform(ds, d, config.train.seed)
+            if isinstance(ds.train, StreamSplit):  # masked-LM lanes (text/stream.py); their state goes with saves
+                self.stream = ds.train.lanes(d.batch_size, config.train.seed, transform, d.num_workers, d.prefetch)
+                batches = self._batches = self.stream.batches(start, total, self.share, stream_state,
+                                                              keep_at={s + k for s, k, end in self.plan if end})
+            else:
+                batches = host_batches(ds.train, order, start, total, self.share, d.num_threads, d.prefetch,
+                                       augment=transform)
             put = lambda stacked: {k: par.global_array(v, par.chunk_sharded, batch_axis=1)  # noqa: E731
                                    for k, v in stacked.items()}
             self._device_feed = DeviceFeed(batches, [(s, k) for s, k, _ in self.plan], put, depth=d.device_prefetch)
 
     def describe(self) -> str:
         where = "device-resident split, indices per call" if self.resident else "host pipeline (grain), prefetched"
+        if self.stream is not None:
+            where = (f"{self.order.batch_size} text lanes on {self.stream.num_workers} worker thread(s), "
+                     f"{'streamed from disk' if self.stream.streamed else 'tokenised in memory'}, prefetched")
         return f"input: {where} | {self.per_call} step(s) per call"
 
     def __iter__(self):
@@ -133,9 +144,37 @@ class Feed:
             else:
                 yield step, k, at_boundary, {"batches": self._device_feed.next(step, k)}
 
+    def saved_with(self, step: int) -> dict | None:
+        """What a checkpoint of `step` stores besides the state: the stream's lane states, all processes'."""
+        if self.stream is None:
+            return None
+        lanes = self.stream.state_at(step)
+        if self.par.process_count > 1:
+            lanes = np.asarray(multihost_utils.process_allgather(lanes.astype(np.int32))).reshape(-1, 3)
+        return {"stream": {"lanes": np.asarray(lanes).tolist()}}
+
+    def logged(self) -> dict:
+        """Extra values of every train row of metrics.jsonl."""
+        return {} if self.stream is None else {"skipped_documents": self.stream.skipped}
+
     def close(self):
         if self._device_feed is not None:
             self._device_feed.close()
+        if self._batches is not None:
+            self._batches.close()
+
+
+def stream_state(ds, ckpt, step: int, batch_size: int):
+    """The lane states a stream resumes from: those saved with checkpoint `step` (None for a fresh run)."""
+    if not step or not isinstance(ds.train, StreamSplit):
+        return None
+    saved = ckpt.stored(step, "stream")
+    lanes = np.asarray(saved["lanes"], np.int64) if isinstance(saved, dict) and "lanes" in saved else None
+    if lanes is None or lanes.shape != (batch_size, 3):
+        raise CheckpointError(f"The checkpoint {ckpt.directory}/{step} holds no position of the text stream for "
+                              f"{batch_size} rows (it was saved by another version or batch size), so the run cannot "
+                              f"resume where it was; use a new --workdir.")
+    return lanes
 
 
 class Evaluator:

@@ -22,6 +22,11 @@ compactly (`compact`: uint16 ids and lengths). The arrays are cached in WORKDIR/
 everything they depend on (source, splits, max_len, max_documents, text fields, vocabulary, the files' sizes and
 times), so a resumed run skips reading and tokenising. The test split of masked-LM is masked once at load time with
 a fixed seed; training batches are masked in the host pipeline (text/masking.py's `MLMMasking`).
+
+Masked-LM over text:, jsonl: and tfds: (`load_lanes`) is packed by lanes instead (text/stream.py): the training
+documents are indexed, not read, and streamed per step (data.stream=false: tokenised into memory first, the same
+batches); the tokenizer is trained on data.tokenizer_sample documents; the test split is at most
+data.max_test_documents held-out documents, packed and masked once as above; WORKDIR/tokenized/ is not used.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from ptft_jax.dataset import Dataset, Split, select_classes
 from ptft_jax.errors import ConfigError, DataError
 from ptft_jax.files import atomic, write_json
 from ptft_jax.metrics import is_main
+from ptft_jax.text import stream
 from ptft_jax.text.masking import compact, masking_for, pack
 from ptft_jax.text.sources import load_texts
 from ptft_jax.text.tokenizer import TOKENIZER_JSON, VOCAB_FILE, WordPieceTokenizer
@@ -193,6 +199,8 @@ def load_masked_lm(cfg, workdir: str | None = None, init_tokenizer: str | None =
     if cfg.classes is not None or cfg.label_map is not None or cfg.train_per_class is not None:
         raise ConfigError("data.classes / data.label_map / data.train_per_class select labelled examples; "
                           "masked-LM pretraining text has no labels, so leave them unset.")
+    if uses_lanes(cfg):
+        return load_lanes(cfg, workdir, init_tokenizer, log)
 
     def arrays(raw, tok):
         def packed(texts, pairs, what):
@@ -245,3 +253,133 @@ def _tokenised(cfg, kind: str, make_arrays, workdir, init_tokenizer, log) -> Dat
                  Split(len(test_arrays["input_ids"]), arrays=test_arrays), num_classes=num_classes,
                  class_names=class_names, init_inputs=init_inputs, tokenizer_info=info, tokenizer=tok)
     return select_classes(ds, cfg)
+
+
+# ---- masked-LM text packed by lanes (text/stream.py): text:, jsonl:, tfds: -------------------------------------
+
+LANE_SOURCES = ("text:", "jsonl:", "tfds:")
+ESTIMATE_DOCUMENTS = 1000  # documents of the tokenizer sample tokenised to estimate the tokens of an epoch
+
+
+def uses_lanes(cfg) -> bool:
+    """Whether a masked-LM source is packed by lanes: text:, jsonl: and tfds: are (streamed from disk unless
+    data.stream=false, which tokenises the training documents into memory first); pydocs_mlm and csv: are not."""
+    lanes = str(cfg.source).startswith(LANE_SOURCES)
+    if cfg.get("stream") == "true" and not lanes:
+        raise ConfigError(f"data.stream=true streams text:, jsonl: or tfds: sources, not {cfg.source}; leave "
+                          f"data.stream=auto for it.")
+    return lanes
+
+
+def _files(path: str, ext: tuple) -> list[str]:
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(ext))
+        if not files:
+            raise DataError(f"{path} holds no {' or '.join(ext)} files; put the pretraining text in UTF-8 "
+                            f"{ext[0]} files there.")
+        return files
+    if os.path.lexists(path):
+        return [path]
+    raise DataError(f"{path} does not exist; give a UTF-8 {ext[0]} file or a folder of them.")
+
+
+def _split_ids(n: int, cfg, where: str):
+    """(train ids, test ids) of n documents: data.test_fraction of them held out (seeded by data.split_seed, as
+    text:'s in-memory split always was), the test split at most data.max_test_documents of those, the training
+    split at most data.max_documents (the first, in the corpus's order)."""
+    if n < 2:
+        raise DataError(f"{where} holds {n} document(s); a train/test split needs at least 2 (a blank line ends a "
+                        f"text: document, a line a jsonl: one).")
+    perm = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_test = max(1, int(round(cfg.test_fraction * n)))
+    dtype = np.uint32 if n < 2**32 else np.int64
+    train, test = np.sort(perm[n_test:]).astype(dtype), np.sort(perm[:n_test]).astype(dtype)
+    del perm
+    return train[:_cap(cfg.max_documents)], test[:_cap(cfg.max_test_documents, cfg.max_documents)]
+
+
+def _cap(*caps):
+    caps = [int(c) for c in caps if c is not None]
+    return min(caps) if caps else None
+
+
+def _lane_documents(cfg, workdir, log):
+    """(training documents, their ids, test documents, their ids, name)."""
+    source = str(cfg.source)
+    kind, _, path = source.partition(":")
+    if kind == "tfds":
+        from ptft_jax.dataset import tfds_data_dir, tfds_split
+        from ptft_jax.text.sources import _register_text_builders, _text_fields
+        _register_text_builders()
+        srcs = {s: tfds_split(path, getattr(cfg, f"{s}_split"), tfds_data_dir(cfg)) for s in ("train", "test")}
+        fields = _text_fields(srcs["train"].dataset_info.features, path, cfg.text_fields)
+        n_train = min(len(srcs["train"]), _cap(cfg.max_documents) or len(srcs["train"]))
+        n_test = min(len(srcs["test"]), _cap(cfg.max_documents, cfg.max_test_documents) or len(srcs["test"]))
+        if not n_train or not n_test:
+            raise DataError(f"data.source {source} gave {n_train} training and {n_test} test documents; both "
+                            f"splits need at least one.")
+        train, test = (stream.TfdsDocuments(srcs[s], fields, n) for s, n in (("train", n_train), ("test", n_test)))
+        return train, np.arange(n_train, dtype=np.uint32), test, np.arange(n_test, dtype=np.uint32), path
+    files = _files(path, (".jsonl", ".ndjson") if kind == "jsonl" else (".txt",))
+    cache = os.path.join(workdir, stream.INDEX_DIR) if workdir else None
+    docs = stream.FileDocuments(files, kind == "jsonl", cache, bool(cfg.skip_bad_documents), log)
+    if docs.skipped:
+        log(f"warning: {source}: skipped {docs.skipped:,} bad document(s) or file(s) (data.skip_bad_documents)")
+    train, test = _split_ids(len(docs), cfg, os.path.abspath(os.path.expanduser(path)))
+    return docs, train, docs, test, os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+class _Sample:
+    """The texts the tokenizer is trained on: the first data.tokenizer_sample training documents of a permutation
+    seeded by data.split_seed, read only when a tokenizer is trained."""
+
+    def __init__(self, docs, ids, size, seed, log):
+        self.docs, self.ids, self.log = docs, ids, log
+        self.order = np.random.default_rng([int(seed), 3]).permutation(len(ids))[:int(size)]
+
+    def __len__(self):
+        return len(self.order)
+
+    def __iter__(self):
+        t0 = last = time.perf_counter()
+        for k, i in enumerate(self.order):
+            yield from self.docs.segments(int(self.ids[i]))
+            if time.perf_counter() - last > 10:
+                last = time.perf_counter()
+                self.log(f"tokenizer sample: read {k + 1:,} of {len(self):,} documents "
+                         f"({(k + 1) / (last - t0):,.0f}/s)")
+
+
+def load_lanes(cfg, workdir, init_tokenizer, log) -> Dataset:
+    """A text:, jsonl: or tfds: masked-LM source: training documents packed by lanes (text/stream.py), the test
+    split (bounded: data.max_test_documents) packed and masked once in memory."""
+    train_docs, train_ids, test_docs, test_ids, name = _lane_documents(cfg, workdir, log)
+    sample = _Sample(train_docs, train_ids, cfg.tokenizer_sample, cfg.split_seed, log)
+    tok, tok_dir, tok_source = run_tokenizer(cfg, sample, workdir, init_tokenizer, log)
+    _check_same_vocabulary(tok)
+    some = sample.order[:ESTIMATE_DOCUMENTS]
+    estimate = stream.doc_tokens(tok, [train_docs.segments(int(train_ids[i])) for i in some])
+    per_doc = float(np.mean([len(t) for t in estimate])) if estimate else 1.0
+    texts = [s for i in test_ids for s in test_docs.segments(int(i))]
+    test = masking_for(cfg, tok, 0).mask(
+        pack(_tokenize(tok, texts, log, "test"), int(cfg.max_len), tok.cls_id, tok.sep_id, tok.pad_id),
+        np.random.default_rng(EVAL_MASK_SEED))
+    if not len(test["input_ids"]):
+        raise DataError(f"the {len(test_ids)} held-out documents of {cfg.source} hold no text; raise "
+                        f"data.test_fraction or data.max_test_documents.")
+    streamed = cfg.get("stream") != "false"
+    tokens = stream.Tokens(train_docs, tok) if streamed else stream.MemoryDocuments(train_docs, tok, train_ids, log)
+    train = stream.StreamSplit(len(train_ids), tokens=tokens, ids=train_ids, skipped=train_docs.skipped,
+                               tokens_per_doc=max(per_doc, 1.0), tokenizer=tok, max_len=int(cfg.max_len),
+                               streamed=streamed)
+    log(f"text: {len(train_ids):,} training documents {'streamed from' if streamed else 'tokenised from'} "
+        f"{cfg.source} (about {per_doc:,.0f} tokens each), {len(test['input_ids']):,} test sequences of "
+        f"{len(test_ids):,} held-out documents")
+    init_inputs = {k: np.zeros((1, int(cfg.max_len)), np.int32) for k in ("input_ids", "token_type_ids")}
+    init_inputs["attention_mask"] = np.ones((1, int(cfg.max_len)), np.int32)
+    info = {"tokenizer_dir": tok_dir, "tokenizer_source": tok_source, "max_len": int(cfg.max_len),
+            "vocab_size": tok.vocab_size, "lowercase": tok.lowercase, "strip_accents": tok.strip_accents,
+            "tokenize_chinese_chars": tok.chinese_chars}
+    return Dataset(name, train, Split(len(test["input_ids"]), arrays=test), num_classes=tok.vocab_size,
+                   init_inputs=init_inputs, tokenizer_info=info, tokenizer=tok)

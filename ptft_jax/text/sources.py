@@ -16,6 +16,8 @@
                 question+sentence, premise+hypothesis, sentence, text (glue/*, imdb_reviews, lm1b, wikipedia...);
                 the label is `label` when the dataset has one.
 `data.max_documents` caps how many examples (documents) of each split are read: the first N, in the source's order.
+Masked-LM over text:, jsonl: and tfds: does not read through here: text/stream.py indexes and streams them (jsonl:
+then needs only "text"), with the same train/test split of documents.
 """
 from __future__ import annotations
 
