@@ -11,7 +11,9 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 
@@ -188,6 +190,22 @@ def glob_free(directory: str) -> str:
     return alias
 
 
+@flax.struct.dataclass
+class _Saved:
+    """What a checkpoint holds of a step.TrainState: all but `frozen` (a LoRA run's base, re-read from init_from),
+    under the field names checkpoints have always had."""
+    step: Any
+    params: Any
+    opt_state: Any
+    model_state: Any
+
+
+def _saved(state):
+    if not hasattr(state, "frozen"):
+        return state
+    return _Saved(state.step, state.params, state.opt_state, state.model_state)
+
+
 class Checkpoints:
     """Orbax's CheckpointManager of TrainStates on `directory`, through a glob-free link where the path needs one
     (glob_free); every message names `directory`, the real folder, never the link. `config` (a dict) is stored in
@@ -219,6 +237,7 @@ class Checkpoints:
         """Saves `state` as `step`; `extra` (JSON-able, e.g. the text stream's position) is stored beside the config
         in the step's metadata (`stored` reads it back)."""
         self.last_step = int(step)
+        state = _saved(state)
         custom = {**({"config": self.config} if self.config else {}), **(extra or {})}
         try:
             return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
@@ -249,8 +268,9 @@ class Checkpoints:
             return None
 
     def restore(self, step: int, target):
-        """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin)."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        """Restores into the structure, shapes and shardings of `target` (a state or its abstract twin); a
+        TrainState's `frozen` (never saved) is the target's."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved(target))
         try:
             with closed_loop_noise_dropped():
                 try:
@@ -263,6 +283,9 @@ class Checkpoints:
             raise CheckpointError(
                 f"The checkpoint at {self.directory}/{step} cannot be restored into this config's model and "
                 f"optimiser ({type(e).__name__}: {first}); use a new --workdir or the config it was saved with.") from e
+        if hasattr(target, "frozen"):
+            return type(target)(**{f.name: getattr(out.state, f.name) for f in dataclasses.fields(_Saved)},
+                                frozen=target.frozen)
         return out.state
 
     def set_aside(self, step: int) -> str:

@@ -140,8 +140,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.graft = None               # fine-tuning: [(regex, "load"|"init"|"zero"), ...]; default: all but head load
     c.finetune = ml_collections.ConfigDict(dict(
         strategy="full",         # full | linear_probe (the head only) | bitfit (the head, biases and norm scales)
+                                 # | lora (low-rank factors on frozen kernels, the head in full: lora.py)
         lr_mults=None,           # [(regex, multiplier), ...]
         layer_decay=None,        # lr *= layer_decay ** (depth from the head) for numbered blocks
+        lora_rank=8,             # lora: the factors' rank r
+        lora_alpha=16.0,         # lora: the update is (lora_alpha / lora_rank) * a @ b
+        lora_targets=None,       # lora: regex over kernel paths; None: the model's default (lora.DEFAULT_TARGETS)
+        lora_dropout=0.0,        # lora: only 0 (the factors are merged into the kernels inside the step)
     ))
     return c
 
@@ -151,7 +156,7 @@ TRI_STATE = ("auto", "true", "false")
 CHOICES: dict[str, tuple] = {
     "optim.name": ("sgd", "adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
-    "finetune.strategy": ("full", "linear_probe", "bitfit"),
+    "finetune.strategy": ("full", "linear_probe", "bitfit", "lora"),
     # jax.checkpoint_policies that take no arguments (tests/test_budget.py checks that jax has each).
     "train.remat": (False, True, "everything_saveable", "nothing_saveable", "dots_saveable",
                     "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims"),
@@ -265,6 +270,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                            "data.max_documents {value} must be at least 1 (or None for every document)."),
     "finetune.layer_decay": (lambda v: v is None or (_real(v) and 0 < v <= 1),
                              "finetune.layer_decay must be in (0, 1] (or None for none), not {value}: e.g. 0.8."),
+    "finetune.lora_rank": (lambda v: _whole(v) and v >= 1,
+                           "finetune.lora_rank must be a whole number of at least 1, not {value}: e.g. 8."),
+    "finetune.lora_alpha": (lambda v: _real(v) and v > 0,
+                            "finetune.lora_alpha must be positive, not {value}: e.g. 16 (the update is scaled by "
+                            "lora_alpha / lora_rank)."),
+    "finetune.lora_dropout": (lambda v: _real(v) and 0 <= v < 1,
+                              "finetune.lora_dropout must be in [0, 1), not {value}."),
     "data.tokenizer_sample": (lambda v: _whole(v) and v >= 1,
                               "data.tokenizer_sample {value} must be a whole number of documents, at least 1."),
     "data.max_test_documents": (lambda v: v is None or (_whole(v) and v >= 1),
@@ -476,6 +488,28 @@ def _check_values(config):
         normalize_rules(config.graft)
     if config.finetune.lr_mults is not None:
         lr_mult_rules(config.finetune.lr_mults)
+    _check_lora(config.finetune)
+    if config.finetune.strategy == "lora" and not config.init_from:
+        raise ConfigError("finetune.strategy=lora adapts a pretrained model, and init_from is not set; point "
+                          "init_from at a pretraining run (or hf:DIR / torch:FILE), or use finetune.strategy=full.")
+
+
+def _check_lora(finetune):
+    """finetune.lora_targets (a regex, or None for the model's default) and lora_dropout (only 0)."""
+    t = finetune.lora_targets
+    if t is not None:
+        if not isinstance(t, str) or not t:
+            raise ConfigError(f"finetune.lora_targets must be a regex over kernel paths (a string) or None for the "
+                              f"model's default, not {_show(t)}: e.g. 'layer_\\d+/(query|value)/kernel'.")
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ConfigError(f"finetune.lora_targets regex {t!r} does not compile ({e}); fix the pattern, e.g. "
+                              f"'layer_\\d+/(query|value)/kernel'.") from None
+    if finetune.strategy == "lora" and finetune.lora_dropout:
+        raise ConfigError(f"finetune.lora_dropout {finetune.lora_dropout} is not supported (the factors are merged "
+                          f"into the kernels inside the step, so there is no x @ a path to drop out); set "
+                          f"finetune.lora_dropout=0.0.")
 
 
 def _show(value) -> str:

@@ -211,6 +211,21 @@ def content_hash(flat_by_collection: Mapping[str, Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
+def read_source(checkpoint, step: int | None = None):
+    """(source path, step, {collection: {path: leaf}}, the file's sha256 for published weights) of what graft()
+    takes as `checkpoint`; `content_hash` of the third is the report's."""
+    source = file_sha256 = None
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = InitFrom.parse(checkpoint, step)
+    if isinstance(checkpoint, (InitFrom, Published)):
+        file_sha256 = getattr(checkpoint, "sha256", None)
+        source, step, checkpoint = checkpoint.restore()
+    ckpt = dict(checkpoint)
+    if "model_state" in ckpt:  # a saved TrainState
+        ckpt = {"params": ckpt["params"], **(ckpt.get("model_state") or {})}
+    return source, step, _collections(ckpt), file_sha256
+
+
 def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = None,
           errors_file: str | None = None):
     """Returns (variables, GraftReport): `fresh_variables` with leaves taken from `checkpoint` by `rules`.
@@ -222,17 +237,7 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
     (default: a new temporary file), which the error names.
     """
     rules = normalize_rules(rules)
-    source = None
-    file_sha256 = None
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = InitFrom.parse(checkpoint, step)
-    if isinstance(checkpoint, (InitFrom, Published)):
-        file_sha256 = getattr(checkpoint, "sha256", None)
-        source, step, checkpoint = checkpoint.restore()
-    ckpt = dict(checkpoint)
-    if "model_state" in ckpt:  # a saved TrainState
-        ckpt = {"params": ckpt["params"], **(ckpt.get("model_state") or {})}
-    ck = _collections(ckpt)
+    source, step, ck, file_sha256 = read_source(checkpoint, step)
     fresh = _collections(fresh_variables)
     uncovered, missing, mismatched = [], [], []
     rows, out = [], {}
@@ -266,7 +271,8 @@ def graft(fresh_variables: Mapping, checkpoint, rules=None, step: int | None = N
             else:
                 out[c][path] = value
             rows.append({"path": f"{c}/{path}", "action": action, "shape": list(shape),
-                         "checkpoint_shape": None if ck_shape is None else list(ck_shape)})
+                         "checkpoint_shape": None if ck_shape is None else list(ck_shape),
+                         "dtype": str(np.asarray(value).dtype)})
     skipped, unexplained = [], []
     for c, leaves in ck.items():
         for path, value in sorted(leaves.items()):

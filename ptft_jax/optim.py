@@ -9,6 +9,7 @@ import re
 import jax
 import optax
 
+from ptft_jax import lora
 from ptft_jax.config import Durations, lr_mult_rules, warmup_steps  # warmup_steps: also optim.warmup_steps, as before
 from ptft_jax.errors import ConfigError
 
@@ -56,6 +57,14 @@ def build(cfg, total_steps: int | None = None, finetune=None, params=None, steps
     if finetune is None or params is None:
         return tx
     mults = path_multipliers(params, finetune)
+    if finetune.strategy == "lora":
+        # The state's params are what trains (the factors and the leaves init_from did not give: lora.split), a
+        # tree not known before the graft: every leaf trains, each at its kernel's multiplier (depths: the model's).
+        if any(m != 1.0 for m in jax.tree.leaves(mults)):
+            paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+            tx = optax.chain(tx, optax.stateless(lambda updates, params=None: jax.tree.map(
+                lambda m, u: m * u, path_multipliers(updates, finetune, paths), updates)))
+        return tx
     if finetune.strategy != "full":  # linear_probe | bitfit
         labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable(params, finetune.strategy))
         # Frozen leaves get no updates and keep no optimiser state.
@@ -69,10 +78,11 @@ def trainable(params, strategy: str):
     """Which leaves finetune.strategy trains (a tree of bools like `params`): every leaf (full); the head
     (linear_probe); or, for bitfit (Ben Zaken et al. 2022), the head, every `bias` (Dense, conv, LayerNorm and
     BatchNorm offsets, the masked-LM output bias) and every `scale` (the LayerNorm / BatchNorm scales): the
-    kernels and embeddings stay as loaded."""
+    kernels and embeddings stay as loaded. For lora every leaf: a LoRA state's params hold only what trains (its
+    frozen base is the state's `frozen`)."""
     def trains(keypath, _):
         path = _path(keypath)
-        if strategy == "full" or _is_head(path):
+        if strategy in ("full", "lora") or _is_head(path):
             return True
         return strategy == "bitfit" and path.rsplit("/", 1)[-1] in ("bias", "scale")
 
@@ -93,14 +103,16 @@ def _is_head(path: str) -> bool:
     return path == "head" or path.startswith("head/")
 
 
-def path_multipliers(params, finetune):
-    """Per-leaf learning-rate multipliers from `finetune.lr_mults` (regex, x) and `finetune.layer_decay`."""
+def path_multipliers(params, finetune, depth_paths=None):
+    """Per-leaf learning-rate multipliers from `finetune.lr_mults` (regex, x) and `finetune.layer_decay`. A LoRA
+    factor (`.../kernel/lora_a`) gets its kernel's; `depth_paths`: the model's leaf paths, for the block depths
+    (default: those of `params`)."""
     rules = lr_mult_rules(finetune.lr_mults or ())
-    paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    paths = depth_paths or [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     depth = _block_depths(paths) if finetune.layer_decay else {}
 
     def mult(keypath, _):
-        path = _path(keypath)
+        path = lora.kernel_path(_path(keypath))
         m = 1.0
         for pattern, x in rules:
             if pattern.fullmatch(path):
@@ -132,8 +144,10 @@ def _scale_by_tree(mults) -> optax.GradientTransformation:
 
 
 def decay_mask(params):
-    """Weight decay applies to `kernel` leaves only: biases and BatchNorm scales/offsets do not decay."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: _path(p).rsplit("/", 1)[-1] == "kernel", params)
+    """Weight decay applies to `kernel` leaves (and a kernel's LoRA factors) only: biases and BatchNorm
+    scales/offsets do not decay."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: lora.kernel_path(_path(p)).rsplit("/", 1)[-1] == "kernel", params)
 
 
 def base(cfg, total_steps: int, steps_per_epoch: int | None = None, *,

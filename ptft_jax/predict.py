@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ptft_jax import models, tasks
+from ptft_jax import lora, models, tasks
 from ptft_jax.checkpoint import Checkpoints, closed_loop_noise_dropped
 from ptft_jax.errors import CheckpointError
 from ptft_jax.step import make_predict_fn
@@ -86,6 +86,9 @@ def _predict_batches(workdir, inputs, step, batch_size, log):
     raw = _restore(workdir, step, log)
     fn = _predict_fn(json.dumps(config["model"], sort_keys=True), info["num_classes"], info.get("vocab_size"), task)
     params, model_state = raw["params"], raw.get("model_state") or {}
+    frozen = None
+    if (config.get("finetune") or {}).get("strategy") == "lora":  # the base, read again from init_from
+        frozen = jax.device_put(lora.read_base(workdir, config, config["finetune"]))
     size = max(1, min(int(batch_size), source.count))
 
     def batches():
@@ -93,7 +96,7 @@ def _predict_batches(workdir, inputs, step, batch_size, log):
         for start in range(0, source.count, size):
             n = min(size, source.count - start)
             batch = {k: _pad(np.asarray(v), size) for k, v in source.read(start, start + n).items()}
-            probs = fn(params, model_state, batch)  # dispatched: runs while the next batch is read
+            probs = fn(params, model_state, batch, frozen)  # dispatched: runs while the next batch is read
             if pending is not None:
                 yield _fetch(*pending)
             pending = (probs, n)

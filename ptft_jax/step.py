@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ptft_jax import lora
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -18,6 +20,7 @@ class TrainState:
     params: Any
     opt_state: Any
     model_state: Any  # mutable collections such as {"batch_stats": ...}; {} when the model has none
+    frozen: Any = None  # finetune.strategy=lora: {"scale", "base"}, what does not train (lora.py); never saved
 
 
 def forward(model, params, model_state, x, train: bool, rng=None):
@@ -47,20 +50,21 @@ def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, gr
     backward pass through the backbone, bitfit none into its kernels."""
     base_key = jax.random.key(seed)
 
-    def grads_of(params, model_state, batch, rng):
+    def grads_of(params, model_state, batch, rng, frozen=None):
         x, lam = task.mix(task.inputs(batch), rng)
+        frozen = jax.lax.stop_gradient(frozen)
 
         def loss_fn(params):
             if trainable is not None:
                 params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
-            logits, new_model_state = forward(model, params, model_state, x, True, rng)
+            logits, new_model_state = forward(model, lora.merge(params, frozen), model_state, x, True, rng)
             loss, accuracy = task.loss(logits, batch, lam)
             return loss, (accuracy, new_model_state)
 
         (loss, (accuracy, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, accuracy, new_model_state, grads
 
-    def accumulated(params, model_state, batch, rng):
+    def accumulated(params, model_state, batch, rng, frozen):
         micro = _micro_batches(batch, grad_accum, par)
         weights = jax.vmap(_loss_weight)(micro)
         weights = weights / jnp.maximum(jnp.sum(weights), 1e-30)
@@ -68,7 +72,7 @@ def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, gr
         def body(carry, xs):
             grads_sum, loss_sum, acc_sum, model_state = carry
             i, w, mb = xs
-            loss, accuracy, model_state, grads = grads_of(params, model_state, mb, jax.random.fold_in(rng, i))
+            loss, accuracy, model_state, grads = grads_of(params, model_state, mb, jax.random.fold_in(rng, i), frozen)
             grads_sum = jax.tree.map(lambda g, a: a + w * g, grads, grads_sum)
             return (grads_sum, loss_sum + w * loss, acc_sum + w * accuracy, model_state), None
 
@@ -81,9 +85,11 @@ def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, gr
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
         if grad_accum > 1:
-            loss, accuracy, new_model_state, grads = accumulated(state.params, state.model_state, batch, rng)
+            loss, accuracy, new_model_state, grads = accumulated(state.params, state.model_state, batch, rng,
+                                                                 state.frozen)
         else:
-            loss, accuracy, new_model_state, grads = grads_of(state.params, state.model_state, batch, rng)
+            loss, accuracy, new_model_state, grads = grads_of(state.params, state.model_state, batch, rng,
+                                                              state.frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite loss or gradient leaves the state as it was (the loop stops or counts it, by config).
@@ -91,7 +97,7 @@ def make_train_step(model, tx: optax.GradientTransformation, task, seed: int, gr
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         metrics = {"loss": loss, "accuracy": accuracy, "nonfinite": (~finite).astype(jnp.int32)}
         new_state = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
-                               keep(new_model_state, state.model_state))
+                               keep(new_model_state, state.model_state), state.frozen)
         return new_state, metrics
 
     return train_step
@@ -176,7 +182,8 @@ def make_eval_fn(model, task, par):
     batch with its `mask`} from the host, or {"data": the split on the devices, "idx", "mask": [n_batches, B]}:
     every batch's sums added in batch order, as the host loop adds them."""
     def sums(state, batch):
-        logits, _ = forward(model, state.params, state.model_state, task.inputs(batch), False)
+        logits, _ = forward(model, lora.merge(state.params, state.frozen), state.model_state, task.inputs(batch),
+                            False)
         return task.eval_sums(logits, batch)
 
     def evaluate(state, inputs):
@@ -197,10 +204,11 @@ def make_eval_fn(model, task, par):
 
 
 def make_predict_fn(model, task):
-    """predict(params, model_state, batch) -> class probabilities; `batch` from `task.predict_inputs(...).read`."""
+    """predict(params, model_state, batch, frozen=None) -> class probabilities; `batch` from
+    `task.predict_inputs(...).read`; `frozen`: a LoRA run's base (lora.read_base)."""
     @jax.jit
-    def predict(params, model_state, batch):
-        logits, _ = forward(model, params, model_state, task.inputs(batch), False)
+    def predict(params, model_state, batch, frozen=None):
+        logits, _ = forward(model, lora.merge(params, frozen), model_state, task.inputs(batch), False)
         return jax.nn.softmax(logits, -1)
 
     return predict

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ptft_jax import compile_cache, models, optim, tasks
+from ptft_jax import compile_cache, lora, models, optim, tasks
 from ptft_jax.checkpoint import Checkpoints, InitFrom
 from ptft_jax.config import Durations, defaults, durations, flatten, to_json, validate
 from ptft_jax.data.feed import Evaluator, Feed, stream_state, test_resident, train_resident
@@ -178,7 +178,9 @@ def init_state(run: Run) -> TrainState:
         variables = run.model.init({"params": key, "dropout": key}, x, train=False)
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        return TrainState(jnp.zeros((), jnp.int32), params, run.tx.init(params), model_state)
+        # lora: the optimiser state is of the trainable params, made with them (_lora_state)
+        opt_state = None if run.config.finetune.strategy == "lora" else run.tx.init(params)
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, model_state)
 
     key = jax.random.fold_in(jax.random.key(run.config.train.seed), 0)
     return jax.jit(init, out_shardings=run.par.replicated)(key)
@@ -188,6 +190,8 @@ def restore_or_init(run: Run, log=print) -> TrainState:
     """Resumes from the newest checkpoint that restores (damaged newer ones are set aside), else grafts from
     `init_from`, else starts fresh."""
     state = init_state(run)
+    if run.config.finetune.strategy == "lora" and run.ckpt.all_steps():
+        state = _lora_base(run, state)  # the restore target: the frozen base read again from init_from
     failed = []
     for step in sorted(run.ckpt.all_steps(), reverse=True):
         try:
@@ -212,13 +216,36 @@ def _graft(run: Run, state: TrainState, log) -> TrainState:
     fresh = {"params": state.params, **state.model_state}
     errors_file = os.path.join(run.workdir, "graft_errors.txt") if is_main() else None  # else a temporary file
     variables, report = graft(jax.device_get(fresh), run.init_from, run.config.graft, errors_file=errors_file)
+    if run.config.finetune.strategy == "lora":  # before graft.json is written: a bad lora_targets leaves no trace
+        state = _lora_state(run, state, variables, lora.loaded_paths(report.rows))
     variables = jax.tree.map(run.par.replicate, variables)
     params = variables.pop("params")
     if is_main():
         write_json(os.path.join(run.workdir, "graft.json"), report.to_dict(), indent=2)
     log(report.table(verbose=logging.get_verbosity() >= 1))  # --verbosity=1: every leaf
+    if run.config.finetune.strategy == "lora":
+        return state.replace(model_state=variables)
     opt_state = jax.jit(run.tx.init, out_shardings=run.par.replicated)(params)
     return TrainState(state.step, params, opt_state, variables)
+
+
+def _lora_state(run: Run, state: TrainState, variables: dict, loaded: set) -> TrainState:
+    """A LoRA state from the host variables of a grafted (or rebuilt) model: lora.split's trainable params and
+    frozen base, replicated, the optimiser state of the trainable ones; model_state as in `state`."""
+    cfg = run.config
+    trainable, frozen = lora.split(variables["params"], loaded, cfg.finetune, cfg.model.name, cfg.train.seed)
+    trainable, frozen = jax.tree.map(run.par.replicate, (trainable, frozen))
+    opt_state = jax.jit(run.tx.init, out_shardings=run.par.replicated)(trainable)
+    return TrainState(state.step, trainable, opt_state, state.model_state, frozen)
+
+
+def _lora_base(run: Run, state: TrainState) -> TrainState:
+    """A fresh state's LoRA twin with the frozen base read again from init_from (lora.read_base: refused when that
+    checkpoint changed since graft.json was written): the target a LoRA checkpoint restores into."""
+    base = lora.read_base(run.workdir, run.config, run.config.finetune)
+    params = lora.flat(jax.device_get(state.params))
+    params.update(lora.flat(base["base"]))
+    return _lora_state(run, state, {"params": lora.unflat(params)}, set(lora.flat(base["base"])))
 
 
 def _evaluator(run: Run, with_train_resident: bool, split=None) -> Evaluator:
@@ -325,12 +352,17 @@ def _save_and_stop(run: Run, step: int, state, stopper, console, extra=None):
 
 def _param_counts(run: Run, state) -> dict:
     """{"params": all of them, "trainable_params": those finetune.strategy trains}."""
-    return {"params": models.count_params(state.params),
+    return {"params": models.count_params(state.params) + lora.count(state.frozen),
             "trainable_params": optim.count_trainable(state.params, run.config.finetune.strategy)}
 
 
+def _model_params(state):
+    """The model's params (for a LoRA state, their shapes: the merged kernels are never made outside the step)."""
+    return state.params if state.frozen is None else jax.eval_shape(lora.merge, state.params, state.frozen)
+
+
 def _summary(run: Run, state) -> str:
-    cfg, p = run.config, state.params
+    cfg, p = run.config, _model_params(state)
     sizes = f"{len(run.ds.train)} train, {_val_size(run)}{len(run.ds.test)} test"
     counts = _param_counts(run, state)
     trained = "" if counts["trainable_params"] == counts["params"] else \
@@ -402,7 +434,7 @@ def _train(config, workdir: str, log, allow_config_change: bool) -> dict:
     chunk = make_chunk_fn(make_train_step(run.model, run.tx, run.task, cfg.train.seed, cfg.train.grad_accum,
                                           run.par, optim.trainable(state.params, cfg.finetune.strategy)), run.par)
     every = (s.log_every, s.eval_every, s.checkpoint_every)
-    feed = Feed(run.ds, run.task, run.order, run.par, cfg, state.params, start, s.total_steps, every,
+    feed = Feed(run.ds, run.task, run.order, run.par, cfg, _model_params(state), start, s.total_steps, every,
                 stream_state(run.ds, run.ckpt, start, cfg.data.batch_size))
     console = Console(s.total_steps, start)
     evaluate_now = console.before_first_call(_evaluator(run, feed.resident, run.ds.val),  # validation, else test
@@ -543,6 +575,8 @@ def evaluate(config, workdir: str, step: int | str | None = None, log=print) -> 
         if not steps:
             raise CheckpointError(f"No checkpoint in {ckpt.directory}; train first with the same --workdir.")
         target, failed = init_state(run), []
+        if run.config.finetune.strategy == "lora":
+            target = _lora_base(run, target)
         for step in steps:
             try:
                 state = ckpt.restore(step, target)

@@ -34,8 +34,8 @@ def test_every_default_is_allowed_and_choices_are_checked_after_overrides():
     with pytest.raises(ptft_jax.ConfigError, match=r"^optim.schedule is 'linear'; use one of: constant, cosine\.$"):
         ptft_jax.load_config(recipe, ["optim.schedule=linear"])
     with pytest.raises(ptft_jax.ConfigError,
-                       match=r"^finetune.strategy is 'lora'; use one of: full, linear_probe, bitfit\.$"):
-        ptft_jax.load_config(recipe, {"finetune.strategy": "lora"})
+                       match=r"^finetune.strategy is 'dora'; use one of: full, linear_probe, bitfit, lora\.$"):
+        ptft_jax.load_config(recipe, {"finetune.strategy": "dora"})
     # an override may repair what the recipe set: only the result is checked
     assert ptft_jax.load_config(recipe, {"data.augment": "crop_flip"}).data.augment == "crop_flip"
 
