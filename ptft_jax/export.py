@@ -42,19 +42,24 @@ def bert_fields(model_cfg: dict) -> dict:
             "dropout_rate": m.dropout_rate, "attention_dropout_rate": getattr(m, "attention_dropout_rate", 0.0)}
 
 
-def export(workdir: str, dest: str, step: int | None = None, log=print) -> str:
-    kind, _, path = dest.partition(":")
-    if kind not in ("hf", "torch") or not path:
-        raise UserError(f"{dest} is not hf:DIR or torch:FILE; name the format with one of those prefixes.")
-    info, config = read_run(workdir)
+def _read_checkpoint(workdir: str, step: int | None):
+    """(step, the raw checkpoint tree) of a run's checkpoint `step` (None: the latest)."""
     ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
     try:
         step = step if step is not None else ck.latest_step()
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir}/checkpoints; train first.")
-        raw = ck.restore_raw(step)
+        return step, ck.restore_raw(step)
     finally:
         ck.close()
+
+
+def export(workdir: str, dest: str, step: int | None = None, log=print) -> str:
+    kind, _, path = dest.partition(":")
+    if kind not in ("hf", "torch") or not path:
+        raise UserError(f"{dest} is not hf:DIR or torch:FILE; name the format with one of those prefixes.")
+    info, config = read_run(workdir)
+    step, raw = _read_checkpoint(workdir, step)
     params = raw["params"]
     if (config.get("finetune") or {}).get("strategy") == "lora":  # the factors folded into the kernels first
         params = jax.device_get(jax.jit(lora.merge)(params, lora.read_base(workdir, config, config["finetune"])))
@@ -93,14 +98,7 @@ def merge(workdir: str, out: str, step: int | None = None, log=print) -> str:
                         f"kernels: its checkpoints already hold plain params, export them with hf: or torch:.")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"{out} exists and is not an empty folder; name a new folder for the merged run.")
-    ck = Checkpoints(os.path.join(workdir, "checkpoints"), create=False)
-    try:
-        step = step if step is not None else ck.latest_step()
-        if step is None:
-            raise CheckpointError(f"No checkpoint in {workdir}/checkpoints; train first.")
-        raw = ck.restore_raw(step)
-    finally:
-        ck.close()
+    step, raw = _read_checkpoint(workdir, step)
     frozen = lora.read_base(workdir, config, config["finetune"])
     params = jax.device_get(jax.jit(lora.merge)(raw["params"], frozen))
     plain = dict(config, init_from=None, init_step=None, graft=None,

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax.errors import CheckpointError, ConfigError
+from ptft_jax.graft import flatten as flat  # trees by slash-joined paths, as graft keeps them
+from ptft_jax.graft import unflatten as unflat
 
 FACTORS = ("lora_a", "lora_b")
 
@@ -44,22 +46,6 @@ def targets_pattern(finetune, model_name: str) -> str:
     if finetune.lora_targets is not None:
         return finetune.lora_targets
     return DEFAULT_TARGETS["resnet" if str(model_name).startswith("resnet") else str(model_name)]
-
-
-def flat(tree) -> dict:
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): x
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def unflat(leaves: dict) -> dict:
-    out: dict = {}
-    for path, v in leaves.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
 
 
 def kernel_path(path: str) -> str:
