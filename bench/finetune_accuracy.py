@@ -25,7 +25,10 @@ ROWS = [("full, lr 1e-3 (the recipe)", {}),
         ("bitfit, lr 1e-2", {"finetune.strategy": "bitfit", "optim.lr": 1e-2}),
         ("lora r=8, lr 1e-3", {"finetune.strategy": "lora"}),
         ("lora r=8, lr 5e-3", {"finetune.strategy": "lora", "optim.lr": 5e-3}),
-        ("lora r=8, lr 1e-2", {"finetune.strategy": "lora", "optim.lr": 1e-2})]
+        ("lora r=8, lr 1e-2", {"finetune.strategy": "lora", "optim.lr": 1e-2}),
+        ("lora r=8, alpha 32, lr 5e-3", {"finetune.strategy": "lora", "optim.lr": 5e-3, "finetune.lora_alpha": 32}),
+        ("lora r=16, alpha 32, lr 5e-3", {"finetune.strategy": "lora", "optim.lr": 5e-3, "finetune.lora_rank": 16,
+                                          "finetune.lora_alpha": 32})]
 
 
 def quiet(*_):
